@@ -56,7 +56,7 @@ class TrainingParams(Spec):
     batch_size: int = Field(8, ge=1, le=65_536, description="Per-device batch size (samples).")
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096,
                                              description="Micro-batches accumulated per optimizer step.")
-    warmup_ratio: float = Field(0.0, ge=0, le=1, description="Fraction of steps spent warming up.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"] = Field(
         "linear", description="Learning-rate schedule (transformers' names).")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")

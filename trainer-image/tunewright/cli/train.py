@@ -1,0 +1,73 @@
+"""`tunewright-train`: train a LoRA adapter from a dataset id and a config file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+import yaml
+
+from tunewright.cli.common import fail, run_cli
+from tunewright.config import TrainingConfig, apply_overrides, load_config, validate
+from tunewright.storage import open_storage
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunewright-train", description=__doc__)
+    p.add_argument("--config", help="YAML or JSON training configuration (camelCase keys)")
+    p.add_argument("--dataset", help="dataset id (sets dataset.id)")
+    p.add_argument("--storage", help="storage root URI (default $TUNEWRIGHT_STORAGE or file://./.tunewright)")
+    p.add_argument("--run-id", help="run id (default <name>-<timestamp>); retries pass the same id")
+    p.add_argument("--resume", help="'latest' or a checkpoint name, e.g. checkpoint-40")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set training.learningRate=1e-3 (repeatable)")
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("TUNEWRIGHT_METRICS_PORT", "9400")),
+                   help="Prometheus /metrics port (0 disables; default 9400)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    return p
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    if args.dataset:
+        out["dataset"] = {"id": args.dataset}
+    return out
+
+
+def resolve_config(args: argparse.Namespace) -> TrainingConfig:
+    if args.config:
+        return load_config(args.config, overrides(args))
+    return validate(apply_overrides({}, overrides(args)), TrainingConfig, "command-line configuration")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "botocore", "urllib3", "transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return run_cli(lambda: train(args))
+
+
+def train(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    from tunewright.training.run import Run, TrainingInterrupted  # torch loads only after the config is valid
+
+    try:
+        outcome = Run(config, open_storage(args.storage), args.run_id, args.resume,
+                      args.metrics_port or None, display=not args.quiet).execute()
+    except TrainingInterrupted as err:
+        return fail(str(err), 143)
+    print(outcome.result.adapter_uri)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""TrainerCallbacks that connect HF Trainer's loop to tunewright's run: epoch-end checkpoints, committing
+checkpoints to storage, the metrics log / progress record / Prometheus, the terminal display and SIGTERM.
+
+Only rank 0 writes (HF's `state.is_world_process_zero`); every rank keeps training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from tunewright.runs import METRICS, RunStore, now_iso
+from tunewright.runs import Progress as RunProgress
+from tunewright.training.checkpoints import CheckpointStore
+
+
+class EpochEndCallback(TrainerCallback):
+    """Evaluate and checkpoint at every epoch end and at the last step, on top of the step interval.
+
+    HF's save/eval strategies are either "steps" or "epoch", never both; the requirements want both.
+    A step that the interval already saved is not saved (or evaluated) twice.
+    """
+
+    def __init__(self, has_eval: bool):
+        self.has_eval = has_eval
+        self.saved_step = -1
+
+    def _request(self, state: TrainerState, control: TrainerControl) -> None:
+        if self.saved_step != state.global_step and not control.should_save:
+            control.should_save = True
+            control.should_evaluate = self.has_eval
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        self._request(state, control)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        if state.global_step >= state.max_steps:
+            self._request(state, control)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> None:
+        self.saved_step = state.global_step
+
+
+def _eval_metric_at(state: TrainerState, step: int) -> float | None:
+    for entry in reversed(state.log_history):
+        if entry.get("step") == step and "eval_loss" in entry:
+            return float(entry["eval_loss"])
+        if entry.get("step", step) < step:
+            break
+    return None
+
+
+class CommitCheckpointCallback(TrainerCallback):
+    """After HF writes `checkpoint-<step>` locally, hand it to the CheckpointStore (upload, manifest, retention)."""
+
+    def __init__(self, store: CheckpointStore, output_dir: Path):
+        self.store = store
+        self.output_dir = output_dir
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            local = self.output_dir / f"checkpoint-{state.global_step}"
+            self.store.commit(local, state.global_step, state.epoch or 0.0,
+                              _eval_metric_at(state, state.global_step))
+
+
+class RunLogCallback(TrainerCallback):
+    """Each log event → one line of metrics.jsonl, progress.json, the Prometheus gauges and the terminal."""
+
+    def __init__(self, run: RunStore, samples_per_step: int, trainer: Any, display: TerminalDisplay,
+                 prometheus: Any = None, resumed_lines: list[str] | None = None):
+        self.run = run
+        self.samples_per_step = samples_per_step
+        self.trainer = trainer
+        self.display = display
+        self.prometheus = prometheus
+        self.lines = resumed_lines or []
+        self.progress = RunProgress(state="running")
+        self._mark: tuple[float, int, int] | None = None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> None:
+        self._mark = (time.monotonic(), state.global_step, self.trainer.tokens_seen)
+        self.progress.total_steps = state.max_steps
+        self.display.start(state.max_steps, state.global_step)
+
+    def _throughput(self, state: TrainerState) -> dict[str, float]:
+        now, step, tokens = time.monotonic(), state.global_step, self.trainer.tokens_seen
+        assert self._mark is not None
+        t0, s0, k0 = self._mark
+        self._mark = (now, step, tokens)
+        if now <= t0 or step <= s0:
+            return {}
+        return {"samples_per_second": (step - s0) * self.samples_per_step / (now - t0),
+                "tokens_per_second": (tokens - k0) / (now - t0)}
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        logs = dict(logs or {})
+        if "loss" in logs:
+            logs.update(self._throughput(state))
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "timestamp": now_iso(),
+                  "total_steps": state.max_steps, **logs}
+        self.display.log(record)
+        if not state.is_world_process_zero:
+            return
+        self.lines.append(json.dumps(record, allow_nan=True))
+        self.run.dir.write_text(METRICS, "\n".join(self.lines) + "\n")
+        self._update_progress(record)
+        if self.prometheus is not None:
+            self.prometheus.observe(record)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        self.display.advance(state.global_step)
+
+    def _update_progress(self, record: dict[str, Any]) -> None:
+        p = self.progress
+        p.step, p.epoch, p.updated = record["step"], record["epoch"], now_iso()
+        for src, dest in (("loss", "loss"), ("eval_loss", "eval_loss"), ("learning_rate", "learning_rate"),
+                          ("grad_norm", "grad_norm")):
+            if src in record and isinstance(record[src], float | int) and math.isfinite(record[src]):
+                setattr(p, dest, float(record[src]))
+        self.run.write_progress(p)
+
+    def checkpoint_committed(self, name: str, best: str | None) -> None:
+        self.progress.last_checkpoint, self.progress.best_checkpoint = name, best
+        self.progress.updated = now_iso()
+        self.run.write_progress(self.progress)
+
+
+class TerminalDisplay:
+    """A rich progress bar (step, loss, lr, ETA) on a terminal; plain log lines otherwise (pods, CI)."""
+
+    def __init__(self, console: Console | None = None, enabled: bool = True):
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def start(self, total: int, done: int) -> None:
+        if not (self.enabled and self.console.is_terminal):
+            return
+        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.description}"), TimeRemainingColumn(), console=self.console)
+        self.task = self.bar.add_task("", total=total, completed=done)
+        self.bar.start()
+
+    def advance(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        keys = [k for k in ("loss", "eval_loss", "learning_rate", "grad_norm", "samples_per_second",
+                            "eval_rewards/accuracies", "rewards/accuracies") if k in record]
+        if not keys:
+            return
+        text = "  ".join(f"{k}={record[k]:.4g}" for k in keys)
+        if self.bar is not None and "loss" in record:
+            self.bar.update(self.task, description=f"loss {record['loss']:.4f}  lr {record.get('learning_rate', 0):.2e}")
+        if "eval_loss" in record or self.bar is None:
+            self.console.print(f"step {record['step']}/{record['total_steps']} epoch {record['epoch']:.2f}  {text}")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+class SigtermCallback(TrainerCallback):
+    """On SIGTERM (Kubernetes eviction, `kubectl delete`), checkpoint at the end of the current step and stop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)

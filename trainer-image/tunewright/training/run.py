@@ -1,0 +1,342 @@
+"""One training run, start to finish: dataset → base model + LoRA → HF Trainer (with checkpoints, resume,
+early stopping, metrics) → best weights → adapter + report → registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import EarlyStoppingCallback, PrinterCallback, TrainingArguments, set_seed
+
+from tunewright.config import TrainingConfig
+from tunewright.data.rows import Row
+from tunewright.data.split import split_by_prompt
+from tunewright.data.store import DatasetMeta, DatasetStore, load_rows, open_dataset
+from tunewright.models.loading import load_base
+from tunewright.registry import (
+    AdapterRecord,
+    DatasetProvenance,
+    Registry,
+    ReportSummary,
+    TrainingJobRef,
+)
+from tunewright.runs import ADAPTER, CONFIG, METRICS, REPORT, RESULT, RunResult, RunStore, new_run_id
+from tunewright.storage import Storage
+from tunewright.training.callbacks import (
+    CommitCheckpointCallback,
+    EpochEndCallback,
+    RunLogCallback,
+    SigtermCallback,
+    TerminalDisplay,
+)
+from tunewright.training.checkpoints import CheckpointStore
+from tunewright.training.family import CausalLMFamily, Family
+from tunewright.training.objectives import DataError, objective_for
+from tunewright.training.report import build_report, print_summary
+from tunewright.training.trainer import ExampleDataset, ObjectiveTrainer
+
+log = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue, with a reason a user can act on."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM: a checkpoint was committed and the process should exit (143) to be resumed later."""
+
+
+@dataclass
+class Dataset:
+    meta: DatasetMeta
+    dir: Storage
+    rows: list[Row]
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    result: RunResult
+    report: dict[str, Any]
+    model: Any = None
+    processor: Any = None
+
+
+def resolve_dataset(config: TrainingConfig, root: Storage) -> Dataset:
+    if config.dataset is None:
+        raise RunError("no dataset: set dataset.id (or --dataset) or dataset.uri")
+    if config.dataset.id:
+        store = DatasetStore(root)
+        meta = store.meta(config.dataset.id)
+        ds = store.datasets.child(config.dataset.id)
+    else:
+        ds, meta = open_dataset(config.dataset.uri or "")
+    return Dataset(meta, ds, load_rows(ds, meta))
+
+
+def resolve_run_id(root: Storage, name: str, run_id: str | None, resume: str | None) -> str:
+    if run_id or not resume:
+        return run_id or new_run_id(name)
+    runs = root.child("runs")
+    unfinished = [r for r in runs.list_dirs() if r.startswith(f"{name}-") and not runs.exists(f"{r}/{RESULT}")]
+    if not unfinished:
+        raise RunError(f"no unfinished run of {name!r} to resume in {runs.uri}; pass --run-id")
+    return sorted(unfinished)[-1]
+
+
+def family_for(model_type: str, processor: Any, config: TrainingConfig, dataset: Dataset, model: Any) -> Family:
+    if model_type == "musicgen":
+        from tunewright.training.musicgen import MusicgenFamily
+
+        return MusicgenFamily(processor, model, config, dataset.dir)
+    return CausalLMFamily(processor, config.data.max_length)
+
+
+def with_lora(model: Any, config: TrainingConfig, family: Family) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = config.lora
+    peft_config = LoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules or family.default_target_modules,
+        modules_to_save=lora.modules_to_save,
+        task_type="CAUSAL_LM" if family.name == "causal-lm" else None,
+    )
+    return get_peft_model(model, peft_config)
+
+
+def training_arguments(config: TrainingConfig, output_dir: Path, has_eval: bool) -> TrainingArguments:
+    t, ck = config.training, config.checkpointing
+    if config.training.precision == "fp16" and not torch.cuda.is_available():
+        raise RunError("training.precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    every = ck.every_steps
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate, num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio
+        lr_scheduler_type=t.lr_scheduler, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm, seed=t.seed, data_seed=t.seed,
+        bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not torch.cuda.is_available(),
+        logging_steps=t.log_every_steps,
+        eval_strategy=("steps" if every else "epoch") if has_eval else "no", eval_steps=every,
+        save_strategy="steps" if every else "epoch", save_steps=every, save_total_limit=None,
+        metric_for_best_model="eval_loss" if has_eval else None, greater_is_better=False,
+        restore_callback_states_from_checkpoint=True,
+        report_to=[], disable_tqdm=True, remove_unused_columns=False, label_names=[],
+        dataloader_num_workers=0, activation_checkpointing=False,
+    )
+
+
+def initial_eval_loss(trainer: ObjectiveTrainer) -> float | None:
+    """Validation loss of the untrained adapter, computed outside the Trainer so no callback sees it."""
+    if trainer.eval_dataset is None:
+        return None
+    model = trainer.model
+    model.eval()
+    total, batches = 0.0, 0
+    with torch.no_grad():
+        for batch in trainer.get_eval_dataloader():
+            loss, _ = trainer.objective.loss(model, trainer._prepare_inputs(batch), trainer.family)
+            total, batches = total + float(loss), batches + 1
+    model.train()
+    return total / max(batches, 1)
+
+
+def check_config_matches(run: RunStore, config: TrainingConfig) -> None:
+    if not run.dir.exists(CONFIG):
+        run.dir.write_text(CONFIG, json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        return
+    stored = json.loads(run.dir.read_text(CONFIG))
+    current = config.to_dict()
+    changed = sorted(k for k in set(stored) | set(current) if k != "resources" and stored.get(k) != current.get(k))
+    if changed:
+        raise RunError(f"run {run.run_id} was started with a different configuration (changed: "
+                       f"{', '.join(changed)}); start a new run instead of resuming")
+
+
+def resumed_metric_lines(run: RunStore, step: int) -> list[str]:
+    """metrics.jsonl lines up to the checkpoint: the steps after it are trained (and logged) again."""
+    if not run.dir.exists(METRICS):
+        return []
+    lines = [ln for ln in run.dir.read_text(METRICS).splitlines() if ln.strip()]
+    return [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+
+
+def training_job_ref() -> TrainingJobRef | None:
+    name = os.environ.get("TUNEWRIGHT_TRAININGJOB")
+    if not name:
+        return None
+    return TrainingJobRef(namespace=os.environ.get("TUNEWRIGHT_NAMESPACE", "default"), name=name,
+                          uid=os.environ.get("TUNEWRIGHT_TRAININGJOB_UID"))
+
+
+def prometheus_for(config: TrainingConfig, run_id: str, port: int | None) -> Any:
+    if not port:
+        return None
+    from tunewright.training.prometheus import TrainerMetrics
+
+    labels = {"trainingjob": os.environ.get("TUNEWRIGHT_TRAININGJOB", run_id),
+              "namespace": os.environ.get("TUNEWRIGHT_NAMESPACE", ""), "method": config.method}
+    try:
+        return TrainerMetrics(port, labels)
+    except OSError as err:  # never fail training because the metrics port is taken
+        log.warning("metrics endpoint not started on port %s: %s", port, err)
+        return None
+
+
+class Run:
+    """A training run bound to a storage root and a run id."""
+
+    def __init__(self, config: TrainingConfig, root: Storage, run_id: str | None = None,
+                 resume: str | None = None, metrics_port: int | None = None, display: bool = True):
+        self.config = config
+        self.root = root
+        self.name = config.adapter_name()
+        self.run = RunStore(root, resolve_run_id(root, self.name, run_id, resume))
+        self.resume = resume
+        self.metrics_port = metrics_port
+        self.display = TerminalDisplay(enabled=display)
+        self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last)
+
+    def execute(self) -> Outcome:
+        done = self.run.read_result()
+        if done is not None:
+            self.display.console.print(f"run {self.run.run_id} already complete: {done.adapter_uri}")
+            return Outcome(self.run.run_id, done, self.run.read_report() or {})
+        check_config_matches(self.run, self.config)
+        work = Path(tempfile.mkdtemp(prefix=f"tunewright-{self.run.run_id}-"))
+        try:
+            return self._train(work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _train(self, work: Path) -> Outcome:
+        config = self.config
+        dataset = resolve_dataset(config, self.root)
+        objective = objective_for(config.method)
+        if dataset.meta.kind not in objective.kinds:
+            raise DataError(f"method {config.method} needs a dataset of kind {' or '.join(objective.kinds)}; "
+                            f"dataset {dataset.meta.id!r} is {dataset.meta.kind}")
+        model, processor, model_type = load_base(config.base_model, config.base_model_revision)
+        family = family_for(model_type, processor, config, dataset, model)
+        train_rows, val_rows = split_by_prompt(dataset.rows, config.data.validation_fraction)
+        train_ex = objective.examples(train_rows, family, config)
+        val_ex = objective.examples(val_rows, family, config) if val_rows else []
+        if not train_ex:
+            raise DataError(f"dataset {dataset.meta.id!r} leaves no training examples for {config.method}")
+        set_seed(config.training.seed)  # LoRA's initialisation draws from the global RNG
+        model = with_lora(model, config, family)
+
+        start = self.checkpoints.resolve(self.resume) if self.resume else None
+        resume_dir = self.checkpoints.fetch(start.name, work / "resume" / start.name) if start else None
+        hf_dir = work / "hf"
+        args = training_arguments(config, hf_dir, has_eval=bool(val_ex))
+        trainer = ObjectiveTrainer(model=model, args=args, train_dataset=ExampleDataset(train_ex),
+                                   eval_dataset=ExampleDataset(val_ex) if val_ex else None,
+                                   objective=objective, family=family)
+        trainer.remove_callback(PrinterCallback)
+        sigterm = SigtermCallback()
+        samples_per_step = config.training.batch_size * config.training.gradient_accumulation_steps * args.world_size
+        logger = RunLogCallback(self.run, samples_per_step, trainer, self.display,
+                                prometheus_for(config, self.run.run_id, self.metrics_port),
+                                resumed_metric_lines(self.run, start.step) if start else [])
+        self._wire_commits(logger, hf_dir)
+        for cb in (EpochEndCallback(bool(val_ex)), CommitCheckpointCallback(self.checkpoints, hf_dir), logger, sigterm):
+            trainer.add_callback(cb)
+        early = None
+        if config.early_stopping and val_ex:
+            early = EarlyStoppingCallback(config.early_stopping.patience, config.early_stopping.min_delta)
+            trainer.add_callback(early)
+
+        objective.prepare(trainer, [train_ex, val_ex], family)
+        before = initial_eval_loss(trainer) if start is None else None
+        began = time.monotonic()
+        try:
+            trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+        finally:
+            self.display.stop()
+            sigterm.restore()
+        self.checkpoints.flush()
+        seconds = time.monotonic() - began
+        if sigterm.requested:
+            logger.progress.state = "interrupted"
+            self.run.write_progress(logger.progress)
+            raise TrainingInterrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint committed")
+
+        best = self.checkpoints.best()
+        self._load_best(trainer, best, work)
+        stopped_early = bool(early and trainer.state.global_step < trainer.state.max_steps)
+        report = build_report(
+            state=trainer.state, run_id=self.run.run_id, config=config.to_dict(),
+            dataset={"id": dataset.meta.id, "uri": dataset.dir.uri, "digest": dataset.meta.digest,
+                     "kind": dataset.meta.kind, "modality": dataset.meta.modality},
+            base_model={"ref": config.base_model, "revision": config.base_model_revision,
+                        "commit": getattr(model.config, "_commit_hash", None), "family": family.name},
+            counts={"trainRows": len(train_rows), "validationRows": len(val_rows),
+                    "trainExamples": len(train_ex), "validationExamples": len(val_ex)},
+            initial_eval_loss=before, best=best, stopped_early=stopped_early, training_seconds=seconds,
+            samples_per_step=samples_per_step, resumed_from=start.name if start else None,
+        )
+        result = self._publish(trainer.model, report, dataset, work)
+        logger.progress.state = "completed"
+        self.run.write_progress(logger.progress)
+        print_summary(report, result.adapter_uri, self.display.console)
+        return Outcome(self.run.run_id, result, report, trainer.model, processor)
+
+    def _wire_commits(self, logger: RunLogCallback, hf_dir: Path) -> None:
+        def committed(info: Any, upload_seconds: float) -> None:
+            best = self.checkpoints.best()
+            logger.checkpoint_committed(info.name, best.name if best else None)
+            if logger.prometheus is not None:
+                logger.prometheus.checkpoint_committed(time.time(), upload_seconds)
+            shutil.rmtree(hf_dir / info.name, ignore_errors=True)  # the local staging copy is no longer needed
+
+        self.checkpoints.on_commit.append(committed)
+
+    def _load_best(self, trainer: ObjectiveTrainer, best: Any, work: Path) -> None:
+        """The final adapter is the best checkpoint's weights (by validation loss) when it is not the last."""
+        if best is None or best.step == trainer.state.global_step:
+            return
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        local = self.checkpoints.fetch(best.name, work / "best" / best.name)
+        set_peft_model_state_dict(trainer.model, load_file(str(local / "adapter_model.safetensors")))
+
+    def _publish(self, model: Any, report: dict[str, Any], dataset: Dataset, work: Path) -> RunResult:
+        """Adapter and report into the run, then the registry, then result.json (the run's commit)."""
+        adapter_dir = work / ADAPTER
+        model.save_pretrained(str(adapter_dir))
+        registry = Registry(self.root)
+        existing = next((r for r in registry.list() if r.run_id == self.run.run_id), None) \
+            if registry.adapters.list_dirs() else None
+        version = existing.version if existing else registry.next_version(self.name)
+        report = {**report, "adapter": {"name": self.name, "version": version}}
+        (adapter_dir / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=True))
+        self.run.dir.upload_dir(adapter_dir, ADAPTER)
+        self.run.dir.write_text(REPORT, json.dumps(report, indent=2, sort_keys=True, allow_nan=True))
+        record = existing or registry.register(AdapterRecord(
+            name=self.name, version=version, base_model=self.config.base_model,
+            base_model_revision=self.config.base_model_revision, method=self.config.method, uri="",
+            dataset=DatasetProvenance(id=dataset.meta.id, uri=dataset.dir.uri, digest=dataset.meta.digest,
+                                      kind=dataset.meta.kind),
+            run_id=self.run.run_id, training_job=training_job_ref(), config=self.config.to_dict(),
+            report=ReportSummary(final_loss=report["finalTrainLoss"], best_eval_loss=report["bestEvalLoss"],
+                                 training_seconds=report["trainingSeconds"], epochs=report["epochs"],
+                                 steps=report["steps"], stopped_early=report["stoppedEarly"]),
+        ), local_dir=adapter_dir)
+        result = RunResult(adapter_name=record.name, adapter_version=record.version, adapter_uri=record.uri,
+                           report_uri=f"{record.uri}/{REPORT}")
+        self.run.dir.write_text(RESULT, result.to_json())
+        return result
