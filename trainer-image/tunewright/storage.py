@@ -3,16 +3,23 @@
 Keys are '/'-separated paths relative to the root. Writes are atomic for readers: a local file appears
 whole (temp file + rename) and an S3 object appears whole by S3's own semantics. S3 settings (endpoint,
 region, credentials) come from the standard AWS environment/config, so AWS, MinIO and Ceph all work;
-retries of transient errors (5xx, throttling, resets) use botocore's standard retry mode.
+retries of transient errors (5xx, throttling, resets) use botocore's standard retry mode. Large files are
+uploaded in parts and every upload is verified (size, and ETag where it is an MD5); downloads stream to
+disk. Error messages name the object, never credentials.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import shutil
 import tempfile
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -71,6 +78,10 @@ class Storage(ABC):
     @abstractmethod
     def size(self, key: str) -> int: ...
 
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        """Every key (recursively) under prefix with its size in bytes, sorted by key."""
+        return {key: self.size(key) for key in self.list(prefix)}
+
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode("utf-8")
 
@@ -88,7 +99,7 @@ class Storage(ABC):
         keys = []
         for path in sorted(Path(local).rglob("*")):
             if path.is_file():
-                key = f"{clean_key(prefix)}/{path.relative_to(local).as_posix()}"
+                key = clean_key(f"{prefix}/{path.relative_to(local).as_posix()}")
                 self.upload_file(path, key)
                 keys.append(key)
         return keys
@@ -176,103 +187,241 @@ class LocalStorage(Storage):
             shutil.copyfile(src, local)
 
     def size(self, key: str) -> int:
-        return self._path(key).stat().st_size
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.uri}/{clean_key(key)} does not exist") from None
+
+
+_CLIENTS: dict[str, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+_CLIENT_ENV = (
+    "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
+    "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE",
+)
 
 
 def s3_client() -> Any:
-    """A boto3 S3 client from the standard AWS environment, with standard-mode retries."""
-    import boto3
-    from botocore.config import Config
+    """A boto3 S3 client from the standard AWS environment, shared while that environment is unchanged.
 
-    return boto3.client(
-        "s3",
-        endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None,
-        config=Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=10, read_timeout=60),
-    )
+    Retries of transient faults (5xx, throttling/SlowDown, connection resets, timeouts) use botocore's
+    standard mode: exponential backoff with jitter, 8 attempts unless AWS_MAX_ATTEMPTS says otherwise.
+    boto3 clients are thread-safe but creating them from the shared default session is not, hence the lock
+    and a session per client.
+    """
+    # Hashed so that no secret sits in a printable structure.
+    key = hashlib.sha256(repr([os.environ.get(name) for name in _CLIENT_ENV]).encode()).hexdigest()
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            import boto3
+            from botocore.config import Config
+
+            retries = {"mode": os.environ.get("AWS_RETRY_MODE") or "standard",
+                       "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or 8)}
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+            _CLIENTS[key] = boto3.session.Session().client(
+                "s3", endpoint_url=endpoint,
+                config=Config(retries=retries, connect_timeout=10, read_timeout=60),  # type: ignore[arg-type]
+            )
+        return _CLIENTS[key]
+
+
+def _error_code(err: Exception) -> str:
+    return str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+
+
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+_DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+           "InvalidToken"}
+
+
+def _md5_range(path: Path, offset: int, length: int) -> Any:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        while length > 0 and (block := fh.read(min(length, 2**20))):
+            digest.update(block)
+            length -= len(block)
+    return digest
+
+
+def s3_etag(path: Path, multipart_threshold: int, multipart_chunksize: int) -> str:
+    """The ETag S3 gives an unencrypted (or SSE-S3) object uploaded by boto3 with these settings:
+    md5 of the body, or for multipart uploads md5 of the parts' md5s plus '-<parts>'."""
+    from s3transfer.utils import ChunksizeAdjuster
+
+    size = path.stat().st_size
+    if size < multipart_threshold:
+        return _md5_range(path, 0, size).hexdigest()
+    part = ChunksizeAdjuster().adjust_chunksize(multipart_chunksize, size)
+    digests = [_md5_range(path, offset, part).digest() for offset in range(0, size, part)]
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
 
 
 class S3Storage(Storage):
-    def __init__(self, uri: str, client: Any = None):
+    """An `s3://bucket/prefix` root. Files at or above `multipart_threshold` bytes are uploaded in parts
+    of `multipart_chunksize` (boto3's transfer manager, streaming from disk); downloads stream to disk."""
+
+    MULTIPART_THRESHOLD = 64 * 2**20
+    MULTIPART_CHUNKSIZE = 64 * 2**20
+    # Re-reads of a response body cut mid-stream: botocore's retries stop once the headers have arrived.
+    STREAM_ATTEMPTS = 4
+
+    def __init__(self, uri: str, client: Any = None, multipart_threshold: int = MULTIPART_THRESHOLD,
+                 multipart_chunksize: int = MULTIPART_CHUNKSIZE):
         self.uri = uri.rstrip("/")
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        bucket, _, prefix = self.uri.removeprefix("s3://").partition("/")
         if not bucket:
             raise StorageError(f"S3 URI {uri!r} names no bucket")
         self.bucket = bucket
         self.prefix = clean_key(prefix)
         self._client = client
+        self.multipart_threshold = multipart_threshold
+        self.multipart_chunksize = multipart_chunksize
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            self._client = s3_client()
-        return self._client
+        return self._client if self._client is not None else s3_client()
 
     def _key(self, key: str) -> str:
         key = clean_key(key)
         return f"{self.prefix}/{key}" if self.prefix and key else (self.prefix or key)
 
+    def _uri(self, key: str) -> str:
+        return f"{self.uri}/{clean_key(key)}" if clean_key(key) else self.uri
+
+    @contextmanager
+    def _errors(self, action: str, key: str) -> Iterator[None]:
+        """Turn botocore errors into FileNotFoundError / StorageError naming the object, never credentials."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            yield
+        except ClientError as err:
+            code = _error_code(err)
+            if code in _MISSING:
+                raise FileNotFoundError(f"{self._uri(key)} does not exist") from None
+            if code == "NoSuchBucket":
+                raise StorageError(f"cannot {action} {self._uri(key)}: bucket {self.bucket!r} "
+                                   "does not exist") from err
+            if code in _DENIED:
+                raise StorageError(f"cannot {action} {self._uri(key)}: access denied ({code}); check the AWS "
+                                   "credentials and the bucket policy") from err
+            raise StorageError(f"cannot {action} {self._uri(key)}: {err}") from err
+        except NoCredentialsError:
+            raise StorageError(f"cannot {action} {self._uri(key)}: no AWS credentials found (set "
+                               "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile)") from None
+        except BotoCoreError as err:
+            raise StorageError(f"cannot {action} {self._uri(key)}: {err}") from err
+
     def child(self, *parts: str) -> Storage:
         sub = clean_key("/".join(parts))
-        return S3Storage(f"{self.uri}/{sub}", self._client) if sub else self
+        if not sub:
+            return self
+        return S3Storage(f"{self.uri}/{sub}", self._client, self.multipart_threshold,
+                         self.multipart_chunksize)
 
     def read_bytes(self, key: str) -> bytes:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except self.client.exceptions.NoSuchKey:
-            raise FileNotFoundError(f"{self.uri}/{clean_key(key)} does not exist") from None
+        from botocore.exceptions import HTTPClientError, IncompleteReadError
+
+        for attempt in range(1, self.STREAM_ATTEMPTS + 1):
+            with self._errors("read", key):
+                try:
+                    return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+                except (HTTPClientError, IncompleteReadError):
+                    if attempt == self.STREAM_ATTEMPTS:
+                        raise
+            time.sleep(0.1 * 2**attempt * random.random())
+        raise AssertionError("unreachable")
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        with self._errors("write", key):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
+        """True for an object, and (like a local directory) for a prefix with objects under it."""
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            self.size(key)
             return True
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        except FileNotFoundError:
+            return bool(clean_key(key)) and next(self._iter_objects(key), None) is not None
 
     def _iter_objects(self, prefix: str) -> Iterator[dict[str, Any]]:
         full = self._key(prefix)
         if full:
             full += "/"
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-            yield from page.get("Contents", [])
+        with self._errors("list", prefix):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                yield from page.get("Contents", [])
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        found = {obj["Key"][strip:]: int(obj["Size"]) for obj in self._iter_objects(prefix)}
+        if not found and clean_key(prefix):
+            try:
+                return {clean_key(prefix): self.size(prefix)}
+            except FileNotFoundError:
+                return {}
+        return dict(sorted(found.items()))
 
     def list(self, prefix: str = "") -> list[str]:
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        keys = [obj["Key"][strip:] for obj in self._iter_objects(prefix)]
-        if not keys and clean_key(prefix) and self.exists(prefix):
-            return [clean_key(prefix)]
-        return sorted(keys)
+        return list(self.sizes(prefix))
 
     def delete(self, prefix: str) -> None:
         if not clean_key(prefix):
             raise StorageError("refusing to delete a whole storage root")
         keys = [{"Key": self._key(k)} for k in self.list(prefix)]
         for i in range(0, len(keys), 1000):
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[i : i + 1000]})
+            with self._errors("delete", prefix):
+                response = self.client.delete_objects(Bucket=self.bucket,
+                                                      Delete={"Objects": keys[i : i + 1000]})
+            if errors := response.get("Errors"):
+                first = errors[0]
+                raise StorageError(f"cannot delete {self._uri(prefix)}: {len(errors)} object(s) failed, e.g. "
+                                   f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
 
-    def upload_file(self, local: str | Path, key: str) -> None:
+    def _transfer_config(self) -> Any:
         from boto3.s3.transfer import TransferConfig
 
-        # Multipart above 64 MiB; boto3's transfer manager streams from disk.
-        config = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=64 * 2**20)
-        self.client.upload_file(str(local), self.bucket, self._key(key), Config=config)
+        # "classic": the part layout must be the one s3_etag() predicts (the CRT client picks its own).
+        return TransferConfig(multipart_threshold=self.multipart_threshold,
+                              multipart_chunksize=self.multipart_chunksize,
+                              preferred_transfer_client="classic")
+
+    def upload_file(self, local: str | Path, key: str) -> None:
+        """Upload (multipart above the threshold), then verify the stored size and, where S3's ETag is the
+        MD5 (no KMS / customer-key encryption), the ETag; a mismatch raises StorageError."""
+        local = Path(local)
+        with self._errors("upload to", key):
+            self.client.upload_file(str(local), self.bucket, self._key(key), Config=self._transfer_config())
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        size = local.stat().st_size
+        if int(head["ContentLength"]) != size:
+            raise StorageError(f"upload of {local} to {self._uri(key)} stored {head['ContentLength']} bytes, "
+                               f"expected {size}")
+        if head.get("ServerSideEncryption") in (None, "AES256") and not head.get("SSECustomerAlgorithm"):
+            expected = s3_etag(local, self.multipart_threshold, self.multipart_chunksize)
+            if head["ETag"].strip('"') != expected:
+                raise StorageError(f"upload of {local} to {self._uri(key)} is corrupt: ETag {head['ETag']}, "
+                                   f"expected {expected!r}")
 
     def download_file(self, key: str, local: str | Path) -> None:
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.part")
-        self.client.download_file(self.bucket, self._key(key), str(tmp))
-        os.replace(tmp, local)
+        try:
+            with self._errors("download", key):
+                self.client.download_file(self.bucket, self._key(key), str(tmp),
+                                          Config=self._transfer_config())
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def size(self, key: str) -> int:
-        return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        with self._errors("stat", key):
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
 
 
 def open_storage(uri: str | None = None) -> Storage:
