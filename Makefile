@@ -33,6 +33,7 @@ crds: install
 # Helm installs CRDs only from the chart's own crds/ folder, so the chart ships copies of crds/;
 # tests/chart/test_crds.py fails when they drift.
 chart-crds:
+	mkdir -p charts/tunewright/crds
 	rm -f charts/tunewright/crds/*.yaml
 	cp crds/*.yaml charts/tunewright/crds/
 

@@ -1,0 +1,144 @@
+"""The Dockerfiles, without a Docker engine: hadolint, the same install commands as the Makefile, no torch in
+the operator's dependency tree, non-root users, and entrypoints that agree with the chart."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from support.helm import ROOT
+
+TRAINER = ROOT / "trainer-image" / "Dockerfile"
+OPERATOR = ROOT / "operator" / "Dockerfile"
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines]
+
+
+def _args(path: Path) -> dict[str, str]:
+    return dict(a.split("=", 1) for op, a in _instructions(path) if op == "ARG" and "=" in a)
+
+
+def _pip_installs(commands: list[str], variables: dict[str, str]) -> list[list[str]]:
+    """The package arguments of each `pip install` in shell command lines, flags and quotes removed."""
+    installs = []
+    for command in commands:
+        expanded = re.sub(r"\$\{?(\w+)\}?", lambda m: variables.get(m.group(1), m.group(0)), command)
+        lexer = shlex.shlex(expanded, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        words: list[str] = []
+        for word in [*lexer, ";"]:
+            if word not in (";", "&&", "||", "|"):
+                words.append(word)
+                continue
+            if words[1:4] == ["-m", "pip", "install"]:
+                installs.append([w for w in words[4:] if not w.startswith("-")])
+            words = []
+    return installs
+
+
+def _makefile_installs() -> list[list[str]]:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^\$\(STAMP\):.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert recipe, "Makefile has no $(STAMP) install recipe"
+    return [i for i in _pip_installs(recipe.group(1).splitlines(), {}) if i != ["pip"]]
+
+
+def _dockerfile_installs(path: Path) -> list[list[str]]:
+    runs = [a for op, a in _instructions(path) if op == "RUN"]
+    return _pip_installs(runs, _args(path))
+
+
+def _only_extras(installs: list[list[str]], keep: set[str]) -> list[list[str]]:
+    """The Makefile's installs as an image needs them: the project with only the `keep` extras."""
+    out = []
+    for packages in installs:
+        kept = []
+        for spec in packages:
+            if spec.startswith(".["):
+                extras = [e for e in spec[2:-1].split(",") if e in keep]
+                kept.append(f".[{','.join(extras)}]")
+            else:
+                kept.append(spec)
+        out.append(kept)
+    return out
+
+
+def test_trainer_image_installs_exactly_what_the_makefile_installs() -> None:
+    assert _dockerfile_installs(TRAINER) == _only_extras(_makefile_installs(), {"trainer"})
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trainer"]
+    assert f"torch=={_args(TRAINER)['TORCH_VERSION']}" in pins
+
+
+def test_operator_image_installs_the_operator_extra_only() -> None:
+    torchless = [[p for p in i if not p.startswith("torch")] for i in _makefile_installs()]
+    assert _dockerfile_installs(OPERATOR) == [i for i in _only_extras(torchless, {"operator"}) if i]
+
+
+def _requires(dist: str, extras: set[str], seen: set[str]) -> set[str]:
+    """Names of every distribution `dist[extras]` pulls in, from the installed packages' metadata."""
+    name = dist.lower().replace("_", "-")
+    if name in seen:
+        return seen
+    seen.add(name)
+    try:
+        requirements = metadata.requires(dist) or []
+    except metadata.PackageNotFoundError:
+        return seen
+    for line in requirements:
+        req = Requirement(line)
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras or {""}):
+            _requires(req.name, set(req.extras), seen)
+    return seen
+
+
+def test_operator_extra_does_not_pull_torch() -> None:
+    operator_tree = _requires("tunewright", {"operator"}, set())
+    assert {"kopf", "kubernetes", "pydantic", "boto3"} <= operator_tree
+    assert not operator_tree & {"torch", "transformers", "peft", "trl", "accelerate", "nvidia-cudnn-cu12"}
+    assert "torch" in _requires("tunewright", {"trainer"}, set())  # the walk does see torch where it is
+
+
+@pytest.mark.parametrize("dockerfile", [TRAINER, OPERATOR], ids=["trainer", "operator"])
+def test_hadolint_passes(dockerfile: Path) -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    done = subprocess.run([str(hadolint), "--no-color", str(dockerfile)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("dockerfile", [TRAINER, OPERATOR], ids=["trainer", "operator"])
+def test_image_runs_as_a_numeric_non_root_user_and_copies_existing_sources(dockerfile: Path) -> None:
+    instructions = _instructions(dockerfile)
+    users = [a for op, a in instructions if op == "USER"]
+    assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1]), "the last USER must be numeric, not root"
+    ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()}
+    for op, arguments in instructions:
+        if op == "COPY":
+            *sources, _ = arguments.split()
+            for source in sources:
+                assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source} does not exist"
+                assert source.split("/")[0] not in ignored, f"{source} is excluded by .dockerignore"
+
+
+def test_entrypoints_match_the_package_and_the_chart() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    trainer_entry = [a for op, a in _instructions(TRAINER) if op == "ENTRYPOINT"]
+    assert trainer_entry == ['["tunewright-train"]'] and "tunewright-train" in scripts
+    operator_entry = [a for op, a in _instructions(OPERATOR) if op == "ENTRYPOINT"][-1]
+    chart = (ROOT / "charts" / "tunewright" / "templates" / "deployment.yaml").read_text()
+    module = re.search(r"-m\s*\n\s*- (\S+)", chart).group(1)
+    assert f'"-m", "{module}"' in operator_entry
+    assert (ROOT / "operator" / Path(*module.split("."))).with_suffix(".py").exists() or \
+        (ROOT / "operator" / Path(*module.split("."))).is_dir(), f"no module {module} under operator/"
+    assert '"--liveness=http://0.0.0.0:8080/healthz"' in operator_entry and '"--standalone"' in operator_entry

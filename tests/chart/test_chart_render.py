@@ -1,0 +1,141 @@
+"""helm lint / helm template with default and real-cluster values, validated against Kubernetes schemas."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from support.helm import CHART, ROOT, Helm, find, one
+from support.pss import restricted_violations
+
+CLUSTER_VALUES = ROOT / "examples" / "values-cluster.yaml"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest kubernetes-validate knows.
+K8S_VERSIONS = ("1.25", kubernetes_validate.latest_version())
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+@pytest.mark.parametrize("files", [(), (CLUSTER_VALUES,)], ids=["defaults", "cluster"])
+def test_helm_lint_strict_passes(helm: Helm, files: tuple[Any, ...]) -> None:
+    args = [arg for f in files for arg in ("--values", str(f))]
+    done = helm.run("lint", str(CHART), "--strict", *args)
+    assert "0 chart(s) failed" in done.stdout
+
+
+def _validate_builtin(docs: list[dict[str, Any]]) -> set[str]:
+    checked = set()
+    for doc in docs:
+        if doc["kind"] in MONITORING_KINDS or doc["kind"] == "CustomResourceDefinition":
+            continue  # no bundled schema; checked by content in test_monitoring.py / test_crds.py
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+        checked.add(doc["kind"])
+    return checked
+
+
+def test_default_render_is_schema_valid_and_minimal(helm: Helm) -> None:
+    docs = helm.template()
+    kinds = _validate_builtin(docs)
+    assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"}
+    assert not {d["kind"] for d in docs} & MONITORING_KINDS, "monitoring objects must be opt-in"
+
+
+def test_cluster_values_render_is_schema_valid(helm: Helm) -> None:
+    docs = helm.template(None, CLUSTER_VALUES)
+    kinds = _validate_builtin(docs)
+    assert {"Role", "RoleBinding", "ConfigMap", "Deployment"} <= kinds
+    assert {d["kind"] for d in docs} >= MONITORING_KINDS
+    assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
+
+
+def _container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return container
+
+
+def test_operator_runs_one_standalone_kopf_replica_with_health_probes(helm: Helm) -> None:
+    docs = helm.template()
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = _container(docs)
+    assert container["command"] == ["kopf"]
+    args = container["args"]
+    assert args[0] == "run" and "--standalone" in args and "--all-namespaces" in args
+    assert args[-2:] == ["-m", "tunewright_operator.main"]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in args
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 9090, "health": 8080}
+    assert container["image"] == "tunewright/operator:0.1.0"
+
+
+def test_watch_namespaces_become_kopf_flags_and_namespaced_roles(helm: Helm) -> None:
+    docs = helm.template({"watchNamespaces": ["ml", "ml-staging"]})
+    args = _container(docs)["args"]
+    assert "--all-namespaces" not in args
+    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=ml", "--namespace=ml-staging"]
+    roles = {r["metadata"]["namespace"] for r in find(docs, "Role")}
+    bindings = find(docs, "RoleBinding")
+    assert roles == {b["metadata"]["namespace"] for b in bindings} == {"ml", "ml-staging"}
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tw-tunewright",
+                                        "namespace": "tunewright-system"}]
+
+
+def _env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in _container(docs)["env"]}
+
+
+def test_settings_reach_the_operator_as_environment(helm: Helm) -> None:
+    docs = helm.template(None, CLUSTER_VALUES)
+    env = _env(docs)
+    assert env["TUNEWRIGHT_MAX_CONCURRENT_JOBS"] == "4"
+    assert env["TUNEWRIGHT_TRAINER_IMAGE"] == "registry.example.com/tunewright/trainer:0.1.0"
+    assert env["TUNEWRIGHT_STORAGE"] == "s3://tunewright"
+    assert env["TUNEWRIGHT_S3_SECRET"] == "tunewright-s3"
+    assert env["TUNEWRIGHT_S3_ENDPOINT"] == "https://minio.storage.svc:9000"
+    assert env["TUNEWRIGHT_TRAINER_NODE_SELECTOR"] == '{"nvidia.com/gpu.present":"true"}'
+    assert json.loads(env["TUNEWRIGHT_TRAINER_TOLERATIONS"]) == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert _container(docs)["envFrom"] == [{"secretRef": {"name": "tunewright-s3"}}]
+    defaults = _env(helm.template())
+    assert "TUNEWRIGHT_STORAGE" not in defaults and "TUNEWRIGHT_S3_SECRET" not in defaults
+
+
+def test_operator_pod_meets_the_restricted_pod_security_standard(helm: Helm) -> None:
+    pod = one(helm.template(None, CLUSTER_VALUES), "Deployment")["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    assert _container(helm.template())["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"maxConcurrentJobs": 0}, "/maxConcurrentJobs': minimum: got 0, want 1"),
+    ({"watchNamespaces": ["Not_A_Namespace"]}, "/watchNamespaces/0"),
+    ({"storage": {"uri": "gs://bucket"}}, "/storage/uri"),
+    ({"metrics": {"podMonitr": {"enabled": True}}}, "additional properties 'podMonitr' not allowed"),
+    ({"metrics": {"prometheusRule": {"noProgressMinutes": "15m"}}}, "/metrics/prometheusRule/noProgressMinutes"),
+])
+def test_bad_values_fail_with_the_field_named(helm: Helm, values: dict[str, Any], message: str) -> None:
+    import tempfile
+
+    import yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(values, f)
+        done = helm.run("template", "tw", str(CHART), "--values", f.name, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+
+
+def test_chart_version_matches_the_package() -> None:
+    import tomllib
+
+    import yaml
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
