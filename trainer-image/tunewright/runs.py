@@ -14,6 +14,7 @@ No torch here: the operator imports this module.
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -75,8 +76,9 @@ class RunResult(Record):
 
 
 def new_run_id(name: str) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{name[: 63 - len(stamp) - 1]}-{stamp}"
+    """`<name>-<utc time>-<random>`: sortable by start time, unique even for runs started in the same second."""
+    suffix = f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    return f"{name[: 63 - len(suffix) - 1]}-{suffix}"
 
 
 class RunStore:

@@ -45,7 +45,8 @@ def dispatch(args: argparse.Namespace) -> int:
         store = DatasetStore(root)
         if args.cmd == "import":
             meta = store.import_file(args.id, args.file, args.kind, args.modality)
-            print(f"imported {meta.samples} {meta.kind} rows as {meta.id} ({meta.digest[:19]}) into {store.uri(meta.id)}")
+            print(f"imported {meta.samples} {meta.kind} rows as {meta.id} ({meta.digest[:19]}) "
+                  f"into {store.uri(meta.id)}")
         elif args.cmd == "list":
             for m in store.list():
                 print(f"{m.id:30} {m.kind:10} {m.modality:6} {m.samples:7d}  {m.created}")

@@ -171,7 +171,8 @@ class TerminalDisplay:
             return
         text = "  ".join(f"{k}={record[k]:.4g}" for k in keys)
         if self.bar is not None and "loss" in record:
-            self.bar.update(self.task, description=f"loss {record['loss']:.4f}  lr {record.get('learning_rate', 0):.2e}")
+            lr = record.get("learning_rate", 0.0)
+            self.bar.update(self.task, description=f"loss {record['loss']:.4f}  lr {lr:.2e}")
         if "eval_loss" in record or self.bar is None:
             self.console.print(f"step {record['step']}/{record['total_steps']} epoch {record['epoch']:.2f}  {text}")
 

@@ -1,0 +1,126 @@
+"""Checkpoints, exact resume after SIGKILL, checkpoint-on-SIGTERM, early stopping and best-checkpoint retention."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from support.trainer import quick_config
+from tunewright.config import TrainingConfig
+from tunewright.storage import Storage
+from tunewright.training.checkpoints import CheckpointStore
+from tunewright.training.run import Run
+
+# Mid-epoch checkpoints (19-20 steps per epoch, every 7 steps), dropout on so RNG state matters.
+RESUME = {"training.epochs": 3, "training.batchSize": 4, "checkpointing.everySteps": 7, "lora.dropout": 0.1}
+
+
+def _train_subprocess(root: Storage, config: TrainingConfig, run_id: str, tmp: Path) -> subprocess.Popen:
+    path = tmp / f"{run_id}.json"
+    path.write_text(json.dumps(config.to_dict()))
+    cmd = [sys.executable, "-m", "tunewright.cli.train", "--config", str(path), "--storage", root.uri,
+           "--run-id", run_id, "--resume", "latest", "--metrics-port", "0", "--quiet"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"trainer exited early: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def _losses(root: Storage, run_id: str) -> dict[int, float]:
+    lines = root.child("runs", run_id).read_text("metrics.jsonl").splitlines()
+    steps = [json.loads(x) for x in lines if '"loss"' in x]
+    assert len({s["step"] for s in steps}) == len(steps), "a step was logged twice"
+    return {s["step"]: s["loss"] for s in steps}
+
+
+def _adapter(root: Storage, run_id: str, tmp: Path) -> dict[str, torch.Tensor]:
+    local = root.child("runs", run_id, "adapter").download_dir("", tmp / run_id)
+    return load_file(str(local / "adapter_model.safetensors"))
+
+
+def test_sigkill_mid_epoch_then_resume_reproduces_the_uninterrupted_run(root: Storage, tmp_path: Path) -> None:
+    config = quick_config("songs", **RESUME)
+    reference = Run(config, root, run_id="uninterrupted", display=False).execute()
+
+    proc = _train_subprocess(root, config, "killed", tmp_path)
+    store = CheckpointStore(root.child("runs", "killed", "checkpoints"), keep_last=100, background=False)
+    _wait_for(lambda: root.exists("runs/killed/checkpoints/checkpoint-14/manifest.json"), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not root.exists("runs/killed/result.json")
+    killed_at = store.latest()
+    assert killed_at is not None and killed_at.step % 19 != 0  # a mid-epoch checkpoint
+
+    resumed = Run(config, root, run_id="killed", resume="latest", display=False).execute()
+    assert resumed.report["resumedFrom"] == killed_at.name
+    a, b = _losses(root, "uninterrupted"), _losses(root, "killed")
+    assert sorted(b) == sorted(a)  # every step logged once, none lost
+    after = [s for s in a if s > killed_at.step]
+    assert after
+    for step in after:
+        assert abs(a[step] - b[step]) < 1e-4, f"step {step}: {a[step]} vs {b[step]}"
+    wa, wb = _adapter(root, "uninterrupted", tmp_path), _adapter(root, "killed", tmp_path)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-5, rtol=1e-4)
+    assert reference.report["steps"] == resumed.report["steps"]
+
+
+def test_sigterm_commits_a_checkpoint_at_the_current_step_and_exits_143(root: Storage, tmp_path: Path) -> None:
+    config = quick_config("songs", **{**RESUME, "training.epochs": 20, "checkpointing.everySteps": 500})
+    proc = _train_subprocess(root, config, "evicted", tmp_path)
+    _wait_for(lambda: root.exists("runs/evicted/progress.json")
+              and json.loads(root.read_text("runs/evicted/progress.json"))["step"] >= 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err
+    progress = json.loads(root.read_text("runs/evicted/progress.json"))
+    store = CheckpointStore(root.child("runs", "evicted", "checkpoints"), keep_last=3, background=False)
+    latest = store.latest()
+    assert progress["state"] == "interrupted"
+    assert latest is not None and latest.step == progress["step"] and latest.step < 500
+    assert not root.exists("runs/evicted/result.json")
+
+
+def test_early_stopping_keeps_best_checkpoint_and_publishes_its_weights(root: Storage, tmp_path: Path) -> None:
+    # lr 0.1 overshoots: validation loss is best at the first evaluation, then worse twice.
+    config = quick_config("songs", **{"training.learningRate": 0.1, "training.epochs": 6,
+                                      "checkpointing.everySteps": 3, "checkpointing.keepLast": 1,
+                                      "earlyStopping": {"patience": 2}})
+    outcome = Run(config, root, run_id="early", display=False).execute()
+    report = outcome.report
+    assert report["stoppedEarly"] is True
+    assert report["steps"] == 9 and report["maxSteps"] == 60
+    assert report["bestStep"] == 3 and report["bestEvalLoss"] < report["finalEvalLoss"]
+    checkpoints = root.child("runs", "early", "checkpoints")
+    assert checkpoints.list_dirs() == ["checkpoint-3", "checkpoint-9"]  # keepLast=1 plus the best
+    best = checkpoints.child("checkpoint-3").download_dir("", tmp_path / "best")
+    published = _adapter(root, "early", tmp_path)
+    expected = load_file(str(best / "adapter_model.safetensors"))
+    for key in expected:
+        torch.testing.assert_close(published[key], expected[key])
+
+
+def test_resume_with_a_changed_configuration_is_refused(root: Storage) -> None:
+    config = quick_config("songs", **{"training.maxSteps": 2})
+    Run(config, root, run_id="fixed", display=False).execute()
+    os.remove(root.local_path() / "runs/fixed/result.json")  # pretend it was interrupted
+    changed = quick_config("songs", **{"training.maxSteps": 2, "training.learningRate": 1e-3})
+    with pytest.raises(RuntimeError, match=r"different configuration \(changed: training"):
+        Run(changed, root, run_id="fixed", resume="latest", display=False).execute()
