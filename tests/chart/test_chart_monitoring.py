@@ -13,6 +13,7 @@ import pytest
 import yaml
 from chart_metrics import TARGET_LABELS, exported_series
 from chart_promql import LEGEND_LABEL, TEMPLATE_LABEL, references
+
 from support.helm import Helm, one, tool
 
 ALL_ON = {"metrics": {k: {"enabled": True} for k in ("serviceMonitor", "podMonitor", "prometheusRule", "dashboard")}}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from typing import Any
 
 import kubernetes_validate
 import pytest
+
 from support.helm import CHART, ROOT, Helm, find, one
 from support.pss import restricted_violations
 
@@ -55,29 +56,25 @@ def _container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return container
 
 
-def test_operator_runs_one_standalone_kopf_replica_with_health_probes(helm: Helm) -> None:
+def test_operator_runs_one_replica_with_health_probes(helm: Helm) -> None:
     docs = helm.template()
     deployment = one(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     container = _container(docs)
-    assert container["command"] == ["kopf"]
-    args = container["args"]
-    assert args[0] == "run" and "--standalone" in args and "--all-namespaces" in args
-    assert args[-2:] == ["-m", "tunewright_operator.main"]
-    assert "--liveness=http://0.0.0.0:8080/healthz" in args
+    assert container["command"] == ["python", "-m", "tunewright_operator"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 9090, "health": 8080}
+    env = _env(docs)
+    assert (env["TUNEWRIGHT_METRICS_PORT"], env["TUNEWRIGHT_HEALTH_PORT"]) == ("9090", "8080")
     assert container["image"] == "tunewright/operator:0.1.0"
 
 
-def test_watch_namespaces_become_kopf_flags_and_namespaced_roles(helm: Helm) -> None:
+def test_watch_namespaces_become_the_operator_setting_and_namespaced_roles(helm: Helm) -> None:
     docs = helm.template({"watchNamespaces": ["ml", "ml-staging"]})
-    args = _container(docs)["args"]
-    assert "--all-namespaces" not in args
-    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=ml", "--namespace=ml-staging"]
+    assert _env(docs)["TUNEWRIGHT_NAMESPACES"] == "ml,ml-staging"
     roles = {r["metadata"]["namespace"] for r in find(docs, "Role")}
     bindings = find(docs, "RoleBinding")
     assert roles == {b["metadata"]["namespace"] for b in bindings} == {"ml", "ml-staging"}
@@ -94,16 +91,29 @@ def test_settings_reach_the_operator_as_environment(helm: Helm) -> None:
     docs = helm.template(None, CLUSTER_VALUES)
     env = _env(docs)
     assert env["TUNEWRIGHT_MAX_CONCURRENT_JOBS"] == "4"
-    assert env["TUNEWRIGHT_TRAINER_IMAGE"] == "registry.example.com/tunewright/trainer:0.1.0"
+    assert env["TUNEWRIGHT_IMAGE"] == "registry.example.com/tunewright/trainer:0.1.0"
+    assert env["TUNEWRIGHT_NAMESPACES"] == "ml,ml-staging"
     assert env["TUNEWRIGHT_STORAGE"] == "s3://tunewright"
-    assert env["TUNEWRIGHT_S3_SECRET"] == "tunewright-s3"
-    assert env["TUNEWRIGHT_S3_ENDPOINT"] == "https://minio.storage.svc:9000"
-    assert env["TUNEWRIGHT_TRAINER_NODE_SELECTOR"] == '{"nvidia.com/gpu.present":"true"}'
-    assert json.loads(env["TUNEWRIGHT_TRAINER_TOLERATIONS"]) == [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert env["TUNEWRIGHT_GRACE_SECONDS"] == "600"
+    assert env["AWS_ENDPOINT_URL_S3"] == "https://minio.storage.svc:9000"
     assert _container(docs)["envFrom"] == [{"secretRef": {"name": "tunewright-s3"}}]
     defaults = _env(helm.template())
-    assert "TUNEWRIGHT_STORAGE" not in defaults and "TUNEWRIGHT_S3_SECRET" not in defaults
+    assert "TUNEWRIGHT_STORAGE" not in defaults and "TUNEWRIGHT_NAMESPACES" not in defaults
+    assert "envFrom" not in _container(helm.template())
+
+
+def test_every_variable_the_chart_sets_is_an_operator_setting(helm: Helm) -> None:
+    from tunewright_operator.settings import Settings
+
+    settings = {Settings.env_name(f.name): f for f in dataclasses.fields(Settings)}
+    env = _env(helm.template(None, CLUSTER_VALUES))
+    tunewright = {name for name in env if name.startswith("TUNEWRIGHT_")}
+    assert tunewright - set(settings) == set(), "the operator would ignore these"
+    assert set(env) - tunewright <= {"AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"}  # read by boto3 itself
+    parsed = Settings.parse([], {k: v for k, v in env.items() if k in tunewright})
+    assert parsed.max_concurrent_jobs == 4 and parsed.namespaces == ("ml", "ml-staging")
+    assert parsed.image == "registry.example.com/tunewright/trainer:0.1.0" and parsed.grace_seconds == 600
+    assert (parsed.metrics_port, parsed.health_port) == (9090, 8080)
 
 
 def test_operator_pod_meets_the_restricted_pod_security_standard(helm: Helm) -> None:

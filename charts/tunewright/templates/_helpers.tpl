@@ -63,5 +63,5 @@ capabilities:
 {{/* Labels the operator puts on every trainer pod (operator/tunewright_operator; checked by a test). */}}
 {{- define "tunewright.trainerPodLabels" -}}
 app.kubernetes.io/name: tunewright-trainer
-app.kubernetes.io/part-of: tunewright
+app.kubernetes.io/managed-by: tunewright-operator
 {{- end -}}

@@ -1,0 +1,94 @@
+"""The chart against the operator's code: RBAC equals the API calls in its source, the PodMonitor selects the
+trainer pods it builds, and those pods meet the restricted Pod Security Standard like the operator's own."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chart_rbac import granted_permissions, required_permissions
+
+from support.helm import ROOT, Helm, find, one
+from support.pss import restricted_violations
+
+PACKAGE = ROOT / "operator" / "tunewright_operator"
+
+
+@pytest.mark.parametrize("values", [{}, {"watchNamespaces": ["ml", "ml-staging"]}], ids=["cluster", "namespaced"])
+def test_rbac_grants_exactly_what_the_operator_calls(helm: Helm, values: dict[str, Any]) -> None:
+    docs = helm.template(values)
+    kind = "Role" if values else "ClusterRole"
+    for role in find(docs, kind):
+        granted = granted_permissions(role["rules"])
+        assert not {p for p in granted if "*" in p}, "no wildcard groups, resources or verbs"
+        required = required_permissions(PACKAGE)
+        assert sorted(required - granted) == [], "the operator would be forbidden these calls"
+        assert sorted(granted - required) == [], "granted but never used by the operator"
+
+
+def test_rbac_analysis_sees_new_calls(tmp_path: Path) -> None:
+    """The source analysis is what keeps the Role honest: prove it notices calls it was not told about."""
+    (tmp_path / "kube.py").write_text(textwrap.dedent('''
+        GROUP = "example.dev"
+        WIDGETS = "widgets"
+        class Kube:
+            def drop_config(self, namespace, name):
+                self.core.delete_namespaced_config_map(name, namespace)
+            def widgets(self, plural, namespace):
+                return self.custom.list_namespaced_custom_object(GROUP, "v1", namespace, plural)
+            def unused(self):
+                self.core.delete_collection_namespaced_pod("ns")
+    '''))
+    (tmp_path / "handlers.py").write_text(textwrap.dedent('''
+        import kopf
+        from kube import WIDGETS
+        def register(kube):
+            @kopf.on.update("v1", "services")
+            def changed(**_): kube.drop_config("ns", "x")
+            @kopf.on.event("example.dev", "v1", WIDGETS)
+            def seen(**_): kube.widgets(WIDGETS, "ns")
+    '''))
+    assert required_permissions(tmp_path) == {
+        ("", "configmaps", "delete"), ("example.dev", "widgets", "list"), ("example.dev", "widgets", "watch"),
+        ("", "services", "list"), ("", "services", "watch"), ("", "services", "patch"), ("", "events", "create"),
+    }
+
+
+def _trainer_pod() -> dict[str, Any]:
+    import yaml
+
+    from tunewright_operator import pods
+    from tunewright_operator.models import TrainingJobSpec
+    from tunewright_operator.settings import Settings
+
+    tj = yaml.safe_load((ROOT / "examples" / "trainingjob-sft.yaml").read_text())
+    tj["metadata"]["uid"] = "0b8d5f4e-6f7a-4c1e-9a53-0f4c3b3a2d11"
+    spec = TrainingJobSpec.model_validate(tj["spec"])
+    return pods.pod(tj, spec, 1, "ml-support-replies-sft-0b8d5f4e", "s3://tunewright", Settings.parse([], {}))
+
+
+def test_pod_monitor_selects_the_trainer_pods_the_operator_creates(helm: Helm) -> None:
+    pod = _trainer_pod()
+    monitor = one(helm.template({"metrics": {"podMonitor": {"enabled": True}}}), "PodMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    ports = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    assert ports[endpoint["port"]] == 9400
+
+
+def test_trainer_pods_meet_the_restricted_pod_security_standard() -> None:
+    assert restricted_violations(_trainer_pod()["spec"]) == []
+
+
+def test_pss_checker_rejects_what_the_standard_forbids() -> None:
+    pod = {"hostNetwork": True, "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+           "containers": [{"name": "c", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}
+    problems = restricted_violations(pod)
+    for expected in ("hostNetwork: true", "volume h: type hostPath is not allowed",
+                     "container c: allowPrivilegeEscalation must be false", "container c: runAsNonRoot must be true",
+                     "container c: capabilities.drop must include ALL"):
+        assert expected in problems
+    assert any("seccompProfile" in p for p in problems) and any("SYS_ADMIN" in p for p in problems)
