@@ -31,7 +31,7 @@ crds: install
 	$(MAKE) --no-print-directory chart-crds
 
 # Helm installs CRDs only from the chart's own crds/ folder, so the chart ships copies of crds/;
-# tests/chart/test_crds.py fails when they drift.
+# tests/chart/test_chart_crds.py fails when they drift.
 chart-crds:
 	mkdir -p charts/tunewright/crds
 	rm -f charts/tunewright/crds/*.yaml

@@ -1,5 +1,5 @@
-"""The metric series the code really exports, with their label names, read from live prometheus-client
-registries of the trainer's exporter and the operator's metrics (not from a list kept by hand)."""
+"""The metric series the code really exports, with their label names, read from the live prometheus-client
+metrics of the trainer's exporter and of the operator (not from a list kept by hand)."""
 
 from __future__ import annotations
 
@@ -30,14 +30,24 @@ def trainer_series() -> dict[str, set[str]]:
 
 
 def operator_series() -> dict[str, set[str]]:
-    """Every series the operator exports (metric and label names from the brief until its module lands)."""
-    return {
-        "tunewright_operator_jobs": {"phase"},
-        "tunewright_operator_queue_depth": set(),
-        "tunewright_operator_reconcile_errors_total": {"handler"},
-        **{f"tunewright_operator_job_duration_seconds{s}": {"method", "outcome"}
-           for s in ("_bucket", "_count", "_sum")},
-    }
+    """Every series the operator exports: its module-level metrics, each with one labelled child."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from tunewright_operator import metrics
+
+    series: dict[str, set[str]] = {}
+    for metric in vars(metrics).values():
+        if not isinstance(metric, MetricWrapperBase):
+            continue
+        values = ["x"] * len(metric._labelnames)  # no public accessor for a metric's label names
+        if values:
+            metric.labels(*values)
+        for family in metric.collect():
+            for sample in family.samples:
+                series.setdefault(sample.name, set()).update(sample.labels)
+        if values:
+            metric.remove(*values)  # leave the process-wide registry as it was
+    return series
 
 
 def exported_series() -> dict[str, set[str]]:

@@ -1,0 +1,109 @@
+"""The chart ships the generated CRDs unchanged, and every example is valid for what it is applied to.
+
+Helm installs CRDs only from the chart's own crds/ folder and never templates them, so the chart holds copies
+of the top-level crds/ (`make crds` regenerates both; `make chart-crds` copies). Copies rather than symlinks:
+`helm package` and git on some systems do not keep symlinks, and a copy is what a packaged chart contains.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from support.helm import CHART, ROOT, Helm
+
+CRDS = ROOT / "crds"
+EXAMPLES = ROOT / "examples"
+
+
+def _crd_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.yaml"))}
+
+
+def _crds() -> dict[str, dict[str, Any]]:
+    """kind -> CRD manifest, from the top-level crds/."""
+    docs = [yaml.safe_load(text) for text in _crd_files(CRDS).values()]
+    return {d["spec"]["names"]["kind"]: d for d in docs}
+
+
+def test_chart_crds_are_exact_copies_of_the_generated_ones() -> None:
+    generated, shipped = _crd_files(CRDS), _crd_files(CHART / "crds")
+    assert generated, "crds/ is empty: run `make crds`"
+    assert sorted(shipped) == sorted(generated), "run `make chart-crds`"
+    stale = [name for name in generated if shipped[name] != generated[name]]
+    assert stale == [], f"charts/tunewright/crds/ differs from crds/ in {stale}: run `make chart-crds`"
+
+
+def test_helm_installs_the_crds_and_they_are_valid(helm: Helm) -> None:
+    rendered = [d for d in helm.template(include_crds=True) if d["kind"] == "CustomResourceDefinition"]
+    assert {d["metadata"]["name"] for d in rendered} == {
+        "trainingjobs.tunewright.dev", "adapters.tunewright.dev", "datasets.tunewright.dev"}
+    assert {d["spec"]["names"]["kind"]: d for d in rendered} == _crds()
+    for crd in rendered:
+        kubernetes_validate.validate(crd, "1.25", strict=True)
+    assert "tj" in _crds()["TrainingJob"]["spec"]["names"]["shortNames"]
+
+
+def _closed(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with unknown fields refused, as `kubectl apply` (strict field validation) refuses them."""
+    schema = copy.deepcopy(schema)
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node.setdefault("additionalProperties", False)
+        stack += [v for v in node.get("properties", {}).values()]
+        stack += [node[k] for k in ("items", "additionalProperties") if isinstance(node.get(k), dict)]
+    return schema
+
+
+def _validator(kind: str) -> jsonschema.Draft4Validator:
+    # OpenAPI v3.0 schemas use draft-4 semantics (boolean exclusiveMinimum); x-kubernetes-* keys are ignored.
+    (version,) = _crds()[kind]["spec"]["versions"]
+    return jsonschema.Draft4Validator(_closed(version["schema"]["openAPIV3Schema"]))
+
+
+def _examples() -> list[Path]:
+    return sorted(EXAMPLES.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", _examples(), ids=lambda p: p.name)
+def test_example_is_valid(path: Path, helm: Helm) -> None:
+    from tunewright_operator.models import DatasetSpec, TrainingJobSpec
+
+    if path.name.startswith("values"):
+        assert "0 chart(s) failed" in helm.run("lint", str(CHART), "--strict", "--values", str(path)).stdout
+        return
+    for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
+        kind = doc["kind"]
+        if kind in ("TrainingJob", "Dataset"):
+            errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator(kind).iter_errors(doc)]
+            assert errors == [], f"{path.name} fails the {kind} CRD schema"
+            model = TrainingJobSpec if kind == "TrainingJob" else DatasetSpec
+            model.model_validate(doc["spec"])  # the operator's own validation (defence in depth)
+        else:
+            kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_every_method_has_an_example() -> None:
+    methods = {d["spec"]["method"] for p in _examples() for d in yaml.safe_load_all(p.read_text())
+               if d and d.get("kind") == "TrainingJob"}
+    assert methods == {"sft", "dpo", "ranking"}
+
+
+@pytest.mark.parametrize(("change", "path"), [
+    (lambda s: s["training"].update(learningRate=0), "spec.training.learningRate"),
+    (lambda s: s["lora"].update(rnak=8), "spec.lora"),
+    (lambda s: s.update(dataset={"id": "a", "uri": "s3://b/c"}), "spec.dataset"),
+])
+def test_schema_check_catches_a_broken_example(change: Any, path: str) -> None:
+    doc = yaml.safe_load((EXAMPLES / "trainingjob-sft.yaml").read_text())
+    change(doc["spec"])
+    errors = {".".join(map(str, e.absolute_path)) for e in _validator("TrainingJob").iter_errors(doc)}
+    assert path in errors
