@@ -7,4 +7,4 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins: list[str] = ["support.helm", "support.s3", "support.trainer"]
+pytest_plugins: list[str] = ["support.helm", "support.s3", "support.trainer", "support.k8s"]

@@ -1,0 +1,28 @@
+"""`python -m tunewright_operator [flags]`: run the operator (flags: --help; each also reads TUNEWRIGHT_*)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import kopf
+
+from tunewright_operator import handlers, kube
+from tunewright_operator.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings.parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per liveness probe otherwise
+    kube.load_config()
+    handlers.register(settings, kube.Kube())
+    health = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    # standalone: one replica (the chart's Deployment uses the Recreate strategy), so no peering CRDs needed.
+    kopf.run(standalone=True, clusterwide=not settings.namespaces, namespaces=settings.namespaces,
+             liveness_endpoint=health)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The Kopf handlers: each one only routes an event to the reconciler (the logic is in reconcile.py).
+
+No handler needs a finalizer: owned pods and ConfigMaps go with their TrainingJob by ownerReference
+(Kubernetes' garbage collector), and Adapters are meant to outlive it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+import prometheus_client
+
+from tunewright_operator import datasets, metrics
+from tunewright_operator.kube import ADAPTERS, DATASETS, TRAININGJOBS, Kube
+from tunewright_operator.models import GROUP, TERMINAL_PHASES, VERSION
+from tunewright_operator.pods import LABEL_JOB, MANAGED_BY
+from tunewright_operator.reconcile import Reconciler
+from tunewright_operator.settings import Settings
+
+__all__ = ["ADAPTERS", "register"]
+
+
+def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message[:1024])
+
+
+def register(settings: Settings, kube: Kube) -> Reconciler:
+    """Register the handlers in Kopf's default registry; returns the reconciler they drive."""
+    rec = Reconciler(kube, settings, post_event)
+    tj = (GROUP, VERSION, TRAININGJOBS)
+
+    @kopf.on.startup()
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = 20  # INFO: our explicit events, not every log line
+        settings.watching.server_timeout = 600
+        settings.networking.request_timeout = 60
+        if rec.settings.metrics_port:
+            prometheus_client.start_http_server(rec.settings.metrics_port)
+
+    @kopf.on.event(*tj)
+    @metrics.counted("trainingjob")
+    def trainingjob_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
+        rec.kick() if type == "DELETED" else rec.reconcile(namespace, name)
+
+    @kopf.on.event("v1", "pods", labels={**MANAGED_BY, LABEL_JOB: kopf.PRESENT})
+    @metrics.counted("pod")
+    def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
+        rec.reconcile(namespace, labels[LABEL_JOB])
+
+    @kopf.timer(*tj, interval=settings.poll_seconds, when=lambda status, **_: status.get("phase") not in
+                TERMINAL_PHASES)
+    @metrics.counted("poll")
+    def poll(namespace: str, name: str, **_: Any) -> None:
+        rec.poll(namespace, name)
+
+    @kopf.on.event(GROUP, VERSION, DATASETS)
+    @metrics.counted("dataset")
+    def dataset_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        if type != "DELETED":
+            datasets.refresh(kube, dict(body))
+
+    return rec

@@ -1,0 +1,108 @@
+"""The few Kubernetes API calls the operator makes, through the official client.
+
+Kopf runs the (sync) handlers in worker threads, so the blocking client is fine here. Creation is always
+create-or-get: names are deterministic, so a repeated call after an operator restart finds the object the
+previous run made instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiException
+
+from tunewright_operator.models import GROUP, VERSION
+
+TRAININGJOBS = "trainingjobs"
+ADAPTERS = "adapters"
+DATASETS = "datasets"
+
+
+def load_config() -> None:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+def _sanitize(obj: Any) -> Any:
+    return kubernetes.client.ApiClient().sanitize_for_serialization(obj)
+
+
+class Kube:
+    def __init__(self, client: kubernetes.client.ApiClient | None = None):
+        client = client or kubernetes.client.ApiClient()
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+
+    # --- custom resources ---
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list(self, plural: str, namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        if not namespaces:
+            return self.custom.list_cluster_custom_object(GROUP, VERSION, plural)["items"]
+        return [item for ns in namespaces
+                for item in self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural)["items"]]
+
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name,
+                                                          {"status": status})
+
+    def ensure(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a custom object, or return the existing one of that name."""
+        try:
+            return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        existing = self.get(plural, namespace, body["metadata"]["name"])
+        if existing is None:  # deleted in between: try once more
+            return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+        return existing
+
+    # --- pods, config maps, secrets ---
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _sanitize(self.core.read_namespaced_pod(name, namespace))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def ensure_pod(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return _sanitize(self.core.create_namespaced_pod(namespace, body))
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        pod = self.get_pod(namespace, body["metadata"]["name"])
+        return pod if pod is not None else _sanitize(self.core.create_namespaced_pod(namespace, body))
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def ensure_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            self.core.create_namespaced_config_map(namespace, body)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        secret = self.core.read_namespaced_secret(name, namespace)
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        return {**data, **(secret.string_data or {})}

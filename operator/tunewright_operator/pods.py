@@ -1,0 +1,128 @@
+"""The trainer pod and its ConfigMap for one attempt of a TrainingJob (pure: dicts in, manifests out)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from tunewright.config import TrainingConfig
+from tunewright_operator.models import API_VERSION
+from tunewright_operator.settings import Settings
+
+CONFIG_DIR = "/etc/tunewright"
+CONFIG_FILE = "config.yaml"
+TERMINATION_LOG = "/dev/termination-log"
+LABEL_JOB = "tunewright.dev/trainingjob"
+LABEL_ATTEMPT = "tunewright.dev/attempt"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "tunewright-operator"}
+TRAINER_COMMAND = "tunewright-train"
+
+
+def pod_name(job: str, attempt: int) -> str:
+    return f"{job}-a{attempt}"
+
+
+def config_map_name(job: str) -> str:
+    return f"{job}-config"
+
+
+def run_id(namespace: str, name: str, uid: str) -> str:
+    """Stable per TrainingJob, a DNS-1123 label: `<namespace>-<name>` cut to fit, plus the uid's first 8 chars."""
+    base = re.sub(r"[^a-z0-9-]", "-", f"{namespace}-{name}".lower())[:54].strip("-")
+    return f"{base}-{uid.replace('-', '')[:8]}"
+
+
+def owner_reference(tj: dict[str, Any]) -> dict[str, Any]:
+    meta = tj["metadata"]
+    return {"apiVersion": API_VERSION, "kind": "TrainingJob", "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _labels(tj: dict[str, Any], **extra: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "tunewright-trainer", **MANAGED_BY, LABEL_JOB: tj["metadata"]["name"], **extra}
+
+
+def config_map(tj: dict[str, Any], config: TrainingConfig) -> dict[str, Any]:
+    """The trainer's config file; written once per TrainingJob (retries must resume with the same config)."""
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": config_map_name(tj["metadata"]["name"]), "labels": _labels(tj),
+                     "ownerReferences": [owner_reference(tj)]},
+        "data": {CONFIG_FILE: yaml.safe_dump(config.to_dict(), sort_keys=False)},
+    }
+
+
+def _resources(resources: Any) -> dict[str, Any]:
+    amounts: dict[str, str] = {}
+    if resources.cpu:
+        amounts["cpu"] = resources.cpu
+    if resources.memory:
+        amounts["memory"] = resources.memory
+    if resources.gpus:
+        amounts["nvidia.com/gpu"] = str(resources.gpus)  # extended resources: requests must equal limits
+    limits = {k: v for k, v in amounts.items() if k != "cpu"}
+    return {k: v for k, v in (("requests", amounts), ("limits", limits)) if v}
+
+
+def _env(tj: dict[str, Any], storage_uri: str, settings: Settings) -> list[dict[str, Any]]:
+    meta = tj["metadata"]
+    values = {
+        "TUNEWRIGHT_STORAGE": storage_uri,
+        "TUNEWRIGHT_TRAININGJOB": meta["name"],
+        "TUNEWRIGHT_NAMESPACE": meta["namespace"],
+        "TUNEWRIGHT_TRAININGJOB_UID": meta["uid"],
+        "TUNEWRIGHT_TERMINATION_LOG": TERMINATION_LOG,
+        "TUNEWRIGHT_METRICS_PORT": str(settings.trainer_metrics_port),
+        "HOME": "/tmp",  # the root filesystem may be read-only; caches go to the scratch volume
+    }
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def pod(tj: dict[str, Any], spec: Any, attempt: int, run: str, storage_uri: str, settings: Settings) -> dict[str, Any]:
+    """The pod for attempt `attempt`: resumes the run from its latest committed checkpoint."""
+    name = tj["metadata"]["name"]
+    res = spec.resources
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": spec.image or settings.image,
+        "command": [TRAINER_COMMAND],
+        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--storage", storage_uri, "--run-id", run,
+                 "--resume", "latest", "--metrics-port", str(settings.trainer_metrics_port), "--quiet"],
+        "env": _env(tj, storage_uri, settings),
+        "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port}],
+        "resources": _resources(res),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                         {"name": "scratch", "mountPath": "/tmp"}],
+    }
+    if spec.storage.secret_name:
+        container["envFrom"] = [{"secretRef": {"name": spec.storage.secret_name}}]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # the operator retries, as a new attempt that resumes from a checkpoint
+        "terminationGracePeriodSeconds": settings.grace_seconds,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [{"name": "config", "configMap": {"name": config_map_name(name)}},
+                    {"name": "scratch", "emptyDir": {}}],
+    }
+    if res.node_selector:
+        pod_spec["nodeSelector"] = res.node_selector
+    if res.tolerations:
+        pod_spec["tolerations"] = [t.to_dict() for t in res.tolerations]
+    if res.priority_class_name:
+        pod_spec["priorityClassName"] = res.priority_class_name
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": pod_name(name, attempt),
+            "labels": _labels(tj, **{LABEL_ATTEMPT: str(attempt)}),
+            "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(settings.trainer_metrics_port)},
+            "ownerReferences": [owner_reference(tj)],
+        },
+        "spec": pod_spec,
+    }

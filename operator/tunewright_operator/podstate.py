@@ -1,0 +1,57 @@
+"""What happened to a trainer pod: running, done, or failed — and whether it was disrupted or crashed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Pod status reasons and DisruptionTarget condition reasons that mean "not the trainer's fault".
+DISRUPTION_REASONS = ("Evicted", "Preempted")
+
+
+@dataclass(frozen=True)
+class PodState:
+    phase: str  # Pending, Running, Succeeded, Failed, Terminating, Unknown
+    reason: str = ""  # Evicted/Preempted/<DisruptionTarget reason> for disruptions, else TrainerError/OOMKilled
+    disrupted: bool = False
+    exit_code: int | None = None
+    message: str = ""
+
+    def describe(self) -> str:
+        code = f"exit code {self.exit_code}" if self.exit_code is not None else ""
+        detail = "; ".join(p for p in (code, self.message) if p)
+        return f"{self.reason}: {detail}" if detail else self.reason
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            return term
+    return {}
+
+
+def _disruption(pod: dict[str, Any]) -> str | None:
+    status = pod.get("status", {})
+    if status.get("reason") in DISRUPTION_REASONS:
+        return status["reason"]
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            return cond.get("reason") or "DisruptionTarget"
+    return None
+
+
+def pod_state(pod: dict[str, Any]) -> PodState:
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return PodState("Terminating")
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    if phase != "Failed":
+        return PodState(phase)
+    term = _terminated(pod)
+    disruption = _disruption(pod)
+    message = (term.get("message") or status.get("message") or "").strip()
+    if disruption:
+        return PodState("Failed", disruption, True, term.get("exitCode"), message)
+    reason = "OOMKilled" if term.get("reason") == "OOMKilled" else "TrainerError"
+    return PodState("Failed", reason, False, term.get("exitCode"), message or term.get("reason", ""))

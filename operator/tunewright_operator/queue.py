@@ -1,0 +1,62 @@
+"""The queue, recomputed from the listed TrainingJobs each time (no in-memory state to lose on restart).
+
+Active: admitted (a pod name in status) and Running. Waiting: not started (or suspended and resumed), not
+suspended, not finished. Waiting jobs start in order of spec.priority (higher first), then creation time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from tunewright_operator.models import TERMINAL_PHASES
+
+Key = tuple[str, str]
+
+
+def key(tj: dict[str, Any]) -> Key:
+    return tj["metadata"].get("namespace", ""), tj["metadata"]["name"]
+
+
+def _status(tj: dict[str, Any]) -> dict[str, Any]:
+    return tj.get("status") or {}
+
+
+def is_active(tj: dict[str, Any]) -> bool:
+    return bool(_status(tj).get("podName")) and _status(tj).get("phase") == "Running"
+
+
+def is_waiting(tj: dict[str, Any]) -> bool:
+    status = _status(tj)
+    return (status.get("phase") not in (*TERMINAL_PHASES, "Running") and not status.get("podName")
+            and not (tj.get("spec") or {}).get("suspend"))
+
+
+def _priority(tj: dict[str, Any]) -> int:
+    value = (tj.get("spec") or {}).get("priority", 0)
+    return value if isinstance(value, int) else 0
+
+
+def order(tj: dict[str, Any]) -> tuple[int, str, str, str]:
+    meta = tj["metadata"]
+    return -_priority(tj), meta.get("creationTimestamp") or "", meta.get("namespace", ""), meta["name"]
+
+
+def waiting(tjs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted((tj for tj in tjs if is_waiting(tj)), key=order)
+
+
+def admissible(tjs: list[dict[str, Any]], max_active: int) -> list[Key]:
+    """The waiting jobs that may start now, in order."""
+    free = max(0, max_active - sum(is_active(tj) for tj in tjs))
+    return [key(tj) for tj in waiting(tjs)[:free]]
+
+
+def position(tjs: list[dict[str, Any]], job: Key) -> int | None:
+    """1-based place of a waiting job in the queue."""
+    keys = [key(tj) for tj in waiting(tjs)]
+    return keys.index(job) + 1 if job in keys else None
+
+
+def phases(tjs: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(_status(tj).get("phase") or "Pending" for tj in tjs)

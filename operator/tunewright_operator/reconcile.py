@@ -1,0 +1,248 @@
+"""One TrainingJob's next step, decided from its stored status and what the API and storage show now.
+
+Nothing lives only in memory: every decision is a function of (status, pod, storage), every side effect is
+create-or-get / delete-if-present under a deterministic name, and the status patch comes last. An operator
+restarted at any point therefore replays the same step and ends in the same state, with no duplicates.
+The locks below only keep this process's worker threads from deciding for the same job (or the last free
+slot) at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from tunewright.registry import Registry
+from tunewright.runs import RunStore
+from tunewright_operator import adapters, metrics, pods, queue, stores, validation
+from tunewright_operator.kube import TRAININGJOBS, Kube
+from tunewright_operator.models import TERMINAL_PHASES, TrainingJobSpec
+from tunewright_operator.podstate import PodState, pod_state
+from tunewright_operator.settings import Settings
+from tunewright_operator.status import changed, condition, now, progress_fields, seconds_between, set_condition
+
+log = logging.getLogger("tunewright.operator")
+
+# emit(body, type, reason, message): posts a Kubernetes Event about the object (kopf.event in the operator).
+Emit = Callable[[dict[str, Any], str, str, str], None]
+
+
+def _status(tj: dict[str, Any]) -> dict[str, Any]:
+    return tj.get("status") or {}
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, settings: Settings, emit: Emit):
+        self.kube = kube
+        self.settings = settings
+        self.emit = emit
+        self._locks: defaultdict[queue.Key, threading.Lock] = defaultdict(threading.Lock)
+        self._locks_guard = threading.Lock()
+        self._admission = threading.Lock()
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks[namespace, name]
+
+    # --- entry points (called from the Kopf handlers) ---
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        with self._lock(namespace, name):
+            tj = self.kube.get(TRAININGJOBS, namespace, name)
+            if tj is None or _status(tj).get("phase") in TERMINAL_PHASES:
+                return
+            freed = self._step(tj)
+        if freed:
+            self.kick()
+
+    def poll(self, namespace: str, name: str) -> None:
+        """Mirror a running job's progress.json into its status; re-check a waiting job's place."""
+        with self._lock(namespace, name):
+            tj = self.kube.get(TRAININGJOBS, namespace, name)
+            if tj is None:
+                return
+            status = _status(tj)
+            if status.get("phase") == "Running" and status.get("runId"):
+                spec = validation.parse_spec(tj.get("spec") or {})
+                progress = RunStore(self._storage(tj, spec), status["runId"]).read_progress()
+                if progress is not None:
+                    self._write(tj, progress_fields(progress))
+        self.reconcile(namespace, name)
+
+    def kick(self) -> None:
+        """Start whatever the queue allows (after a job finished, was suspended or deleted)."""
+        tjs = self.kube.list(TRAININGJOBS, self.settings.namespaces)
+        metrics.observe_phases(queue.phases(tjs), len(queue.waiting(tjs)))
+        for namespace, name in queue.admissible(tjs, self.settings.max_concurrent_jobs):
+            self.reconcile(namespace, name)
+
+    # --- the state machine ---
+
+    def _step(self, tj: dict[str, Any]) -> bool:
+        """Advance one job; True when it gave up a slot (finished or suspended)."""
+        status = _status(tj)
+        pod_name = status.get("podName")
+        pod = self.kube.get_pod(tj["metadata"]["namespace"], pod_name) if pod_name else None
+        try:
+            spec = validation.parse_spec(tj.get("spec") or {})
+        except validation.InvalidJob as err:
+            return self._invalid(tj, pod, str(err))
+        if spec.suspend:
+            return self._suspend(tj, pod)
+        if not pod_name:
+            return self._admit(tj, spec)
+        if pod is None:
+            return self._start(tj, spec, int(status.get("attempts") or 0) + 1,
+                               note=f"pod {pod_name} disappeared; ")
+        state = pod_state(pod)
+        if state.phase == "Succeeded":
+            return self._complete(tj, spec)
+        if state.phase == "Failed":
+            return self._failed(tj, spec, state)
+        if state.phase in ("Pending", "Running"):
+            self._write(tj, {"phase": "Running"})
+        return False
+
+    def _invalid(self, tj: dict[str, Any], pod: dict[str, Any] | None, message: str) -> bool:
+        if pod is not None:
+            self.kube.delete_pod(tj["metadata"]["namespace"], pod["metadata"]["name"])
+        self.emit(tj, "Warning", "InvalidSpec", message)
+        self._finish(tj, "Failed", message, "InvalidSpec")
+        return True
+
+    def _suspend(self, tj: dict[str, Any], pod: dict[str, Any] | None) -> bool:
+        status = _status(tj)
+        if pod is not None:
+            self.kube.delete_pod(tj["metadata"]["namespace"], pod["metadata"]["name"])
+            self.emit(tj, "Normal", "Suspended", f"deleted pod {pod['metadata']['name']}; the trainer "
+                      "checkpoints on SIGTERM and the next attempt resumes from there")
+        suspended = condition(status, "Suspended")
+        if status.get("phase") == "Queued" and suspended and suspended["status"] == "True":
+            return False
+        self._write(tj, {
+            "phase": "Queued", "podName": None,
+            "message": "suspended; set spec.suspend to false to resume from the latest checkpoint",
+            "conditions": set_condition(status.get("conditions"), "Suspended", True, "Suspended",
+                                        "spec.suspend is true"),
+        })
+        return bool(status.get("podName"))
+
+    def _admit(self, tj: dict[str, Any], spec: TrainingJobSpec) -> bool:
+        """A waiting job: start it if the queue allows, else record its place."""
+        namespace, name = queue.key(tj)
+        try:
+            config = self._prepare(tj, spec)
+        except validation.InvalidJob as err:
+            return self._invalid(tj, None, str(err))
+        with self._admission:
+            tjs = self.kube.list(TRAININGJOBS, self.settings.namespaces)
+            metrics.observe_phases(queue.phases(tjs), len(queue.waiting(tjs)))
+            if (namespace, name) in queue.admissible(tjs, self.settings.max_concurrent_jobs):
+                self.kube.ensure_config_map(namespace, pods.config_map(tj, config))
+                return self._start(tj, spec, int(_status(tj).get("attempts") or 0) + 1)
+            place = queue.position(tjs, (namespace, name))
+            running = sum(queue.is_active(t) for t in tjs)
+            self._write(tj, {
+                "phase": "Queued",
+                "message": f"waiting for a free slot: {place} in the queue, {running} of "
+                           f"{self.settings.max_concurrent_jobs} running",
+                "conditions": set_condition(_status(tj).get("conditions"), "Admitted", False, "WaitingForSlot",
+                                            f"maxConcurrentJobs is {self.settings.max_concurrent_jobs}"),
+            })
+        return False
+
+    def _prepare(self, tj: dict[str, Any], spec: TrainingJobSpec) -> Any:
+        """Checks that need the cluster or storage (once, before the first start)."""
+        validation.check_resources(spec)
+        config = validation.trainer_config(self.kube, tj["metadata"]["namespace"], spec)
+        if not _status(tj).get("attempts"):
+            validation.check_dataset(config, self._storage(tj, spec))
+        return config
+
+    def _start(self, tj: dict[str, Any], spec: TrainingJobSpec, attempt: int, note: str = "",
+               extra: dict[str, Any] | None = None) -> bool:
+        meta, status = tj["metadata"], _status(tj)
+        extra = extra or {}
+        run = status.get("runId") or pods.run_id(meta["namespace"], meta["name"], meta["uid"])
+        uri = validation.storage_uri(spec, self.settings.storage)
+        pod = self.kube.ensure_pod(meta["namespace"], pods.pod(tj, spec, attempt, run, uri, self.settings))
+        conditions = set_condition(extra.get("conditions", status.get("conditions")), "Admitted", True,
+                                   "SlotAssigned", f"pod {pod['metadata']['name']}")
+        if condition(status, "Suspended"):
+            conditions = set_condition(conditions, "Suspended", False, "Resumed", "spec.suspend is false")
+        resumed = "" if attempt == 1 else " (resumes from the latest checkpoint)"
+        self._write(tj, {
+            **extra, "phase": "Running", "attempts": attempt, "podName": pod["metadata"]["name"], "runId": run,
+            "startTime": status.get("startTime") or now(), "conditions": conditions,
+            "message": f"{note}attempt {attempt}: pod {pod['metadata']['name']}{resumed}",
+        })
+        return False
+
+    def _failed(self, tj: dict[str, Any], spec: TrainingJobSpec, state: PodState) -> bool:
+        status = _status(tj)
+        attempt, failures = int(status.get("attempts") or 1), int(status.get("failures") or 0) + 1
+        what = f"attempt {attempt} {'disrupted' if state.disrupted else 'failed'} ({state.describe()})"
+        extra = {"failures": failures, "conditions": set_condition(
+            status.get("conditions"), "PodFailed", True, state.reason, what)}
+        if failures > spec.retries:
+            message = f"{what}; all {spec.retries} retries spent"
+            self.emit(tj, "Warning", "Failed", message)
+            self._finish(tj, "Failed", message, state.reason, extra)
+            return True
+        self.emit(tj, "Warning", "Retrying", f"{what}; retry {failures} of {spec.retries}")
+        return self._start(tj, spec, attempt + 1, f"{what}; ", extra)
+
+    def _complete(self, tj: dict[str, Any], spec: TrainingJobSpec) -> bool:
+        namespace, name = queue.key(tj)
+        root = self._storage(tj, spec)
+        run = RunStore(root, _status(tj)["runId"])
+        result = run.read_result()
+        if result is None:
+            return self._failed(tj, spec, PodState("Failed", "TrainerError", False, 0,
+                                                   f"the trainer exited 0 but {run.dir.uri}/result.json is missing"))
+        record = Registry(root).get(result.adapter_name, result.adapter_version)
+        adapter = adapters.ensure_adapter(self.kube, namespace, record, name)
+        progress = run.read_progress()
+        report = record.report
+        message = f"adapter {record.name} version {record.version}: {record.uri}"
+        self.emit(tj, "Normal", "Succeeded", message)
+        self._finish(tj, "Succeeded", message, "AdapterCreated", {
+            **(progress_fields(progress) if progress else {}),
+            "metrics": {k: v for k, v in {"loss": report.final_loss, "evalLoss": report.best_eval_loss}.items()
+                        if v is not None} or None,
+            "adapterRef": {"name": adapter["metadata"]["name"], "adapter": record.name, "version": record.version},
+        })
+        return True
+
+    def _finish(self, tj: dict[str, Any], phase: str, message: str, reason: str,
+                extra: dict[str, Any] | None = None) -> None:
+        status, extra = _status(tj), extra or {}
+        done = now()
+        duration = seconds_between(status.get("startTime"), done)
+        if duration is not None:
+            method = (tj.get("spec") or {}).get("method", "sft")
+            metrics.JOB_DURATION.labels(method=method, outcome=phase.lower()).observe(duration)
+        self._write(tj, {
+            **extra, "phase": phase, "message": message, "completionTime": done,
+            "conditions": set_condition(extra.get("conditions", status.get("conditions")), phase, True,
+                                        reason, message),
+        })
+
+    # --- helpers ---
+
+    def _storage(self, tj: dict[str, Any], spec: TrainingJobSpec) -> Any:
+        uri = validation.storage_uri(spec, self.settings.storage)
+        return stores.open_root(self.kube, tj["metadata"]["namespace"], uri, spec.storage.secret_name)
+
+    def _write(self, tj: dict[str, Any], patch: dict[str, Any]) -> None:
+        status = _status(tj)
+        patch = changed(status, {**patch, "observedGeneration": tj["metadata"].get("generation")})
+        if set(patch) - {"observedGeneration"}:
+            namespace, name = queue.key(tj)
+            self.kube.patch_status(TRAININGJOBS, namespace, name, patch)
+            tj["status"] = {k: v for k, v in {**status, **patch}.items() if v is not None}
+            if "phase" in patch:
+                log.info("%s/%s: %s (%s)", namespace, name, patch["phase"], patch.get("message", ""))

@@ -1,0 +1,215 @@
+"""Operator test fixtures: the real operator (a subprocess, as in a pod) against the emulated API server,
+a kubelet that runs pods as local processes, and a storage root with a dataset."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+
+from support.k8s import ClusterThread, Kubelet
+from tunewright.data import synthetic
+from tunewright.data.store import DatasetStore
+from tunewright.storage import Storage, open_storage
+
+HERE = Path(__file__).parent
+STANDIN = [sys.executable, str(HERE / "standin_trainer.py")]
+REAL_TRAINER = [str(Path(sys.executable).parent / "tunewright-train")]
+GROUP, VERSION = "tunewright.dev", "v1alpha1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Operator:
+    """`python -m tunewright_operator` in a subprocess, pointed at the emulator by a kubeconfig."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, storage: str, *flags: str):
+        self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log
+        self.flags = ["--namespace", namespace, "--storage", storage, "--poll-seconds", "0.5", *flags]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = self.health_port = 0
+        self.starts = 0
+
+    def start(self) -> Operator:
+        self.metrics_port, self.health_port = free_port(), free_port()
+        self.starts += 1
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        with self.log_path.open("ab") as log:
+            log.write(f"\n===== operator start {self.starts} =====\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tunewright_operator", *self.flags, "--metrics-port", str(self.metrics_port),
+                 "--health-port", str(self.health_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._healthy, 30, "the operator's /healthz")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def restart(self) -> None:
+        self.stop(signal.SIGKILL)  # a crash, not a graceful shutdown
+        self.start()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Cluster:
+    """The test's side of the API (the official client), scoped to one namespace."""
+
+    def __init__(self, api: kubernetes.client.ApiClient, namespace: str):
+        self.api, self.namespace = api, namespace
+        self.core = kubernetes.client.CoreV1Api(api)
+        self.custom = kubernetes.client.CustomObjectsApi(api)
+
+    def create(self, plural: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        kind = {"trainingjobs": "TrainingJob", "datasets": "Dataset", "adapters": "Adapter"}[plural]
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, body)
+
+    def get(self, plural: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, name)
+        except kubernetes.client.ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list(self, plural: str) -> list[dict[str, Any]]:
+        return self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, plural)["items"]
+
+    def patch_spec(self, plural: str, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, name, {"spec": spec})
+
+    def delete(self, plural: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return (self.get("trainingjobs", name) or {}).get("status") or {}
+
+    def phase(self, name: str) -> str | None:
+        return self.status(name).get("phase")
+
+    def wait_phase(self, name: str, *phases: str, timeout: float = 60) -> dict[str, Any]:
+        wait_for(lambda: self.phase(name) in phases, timeout, f"TrainingJob {name} in {'/'.join(phases)} "
+                 f"(now {self.phase(name)}: {self.status(name).get('message')})")
+        return self.status(name)
+
+    def pods(self) -> list[dict[str, Any]]:
+        items = self.core.list_namespaced_pod(self.namespace).items
+        return [self.api.sanitize_for_serialization(p) for p in items]
+
+    def pod_names(self) -> list[str]:
+        return sorted(p["metadata"]["name"] for p in self.pods())
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        items = self.core.list_namespaced_event(self.namespace).items
+        return [self.api.sanitize_for_serialization(e) for e in items if e.involved_object.name == name]
+
+
+@pytest.fixture
+def api(cluster: ClusterThread) -> kubernetes.client.ApiClient:
+    config = kubernetes.client.Configuration()
+    config.host = cluster.url
+    return kubernetes.client.ApiClient(config)
+
+
+@pytest.fixture
+def k8s(api: kubernetes.client.ApiClient, namespace: str) -> Cluster:
+    return Cluster(api, namespace)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Storage:
+    """A file:// storage root with the rated dataset `songs`."""
+    root = open_storage(f"file://{tmp_path}/store")
+    DatasetStore(root).import_file("songs", synthetic.write_jsonl(synthetic.rated_rows(), tmp_path / "songs.jsonl"),
+                                   "rated")
+    return root
+
+
+@pytest.fixture
+def kubelet_factory(api: kubernetes.client.ApiClient, namespace: str, tmp_path: Path
+                    ) -> Iterator[Callable[..., Kubelet]]:
+    made: list[Kubelet] = []
+
+    def make(command: list[str] = STANDIN, **env: str) -> Kubelet:
+        kubelet = Kubelet(api, namespace, tmp_path / "node", {"tunewright-train": command}, extra_env=env).start()
+        made.append(kubelet)
+        return kubelet
+
+    yield make
+    for kubelet in made:
+        kubelet.stop()
+
+
+@pytest.fixture
+def operator_factory(cluster: ClusterThread, namespace: str, tmp_path: Path, store: Storage,
+                     request: pytest.FixtureRequest) -> Iterator[Callable[..., Operator]]:
+    made: list[Operator] = []
+
+    def make(*flags: str) -> Operator:
+        op = Operator(cluster.kubeconfig_path, namespace, tmp_path / "operator.log", store.uri, *flags)  # type: ignore[attr-defined]
+        made.append(op.start())
+        return op
+
+    yield make
+    for op in made:
+        op.stop()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for op in made:
+            print(f"--- operator log ---\n{op.log()[-8000:]}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
