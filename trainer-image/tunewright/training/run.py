@@ -259,7 +259,7 @@ class Run:
             early = EarlyStoppingCallback(config.early_stopping.patience, config.early_stopping.min_delta)
             trainer.add_callback(early)
 
-        objective.prepare(trainer, [train_ex, val_ex], family)
+        objective.prepare(trainer, [train_ex, val_ex], family, run_dir=self.run.dir)
         before = initial_eval_loss(trainer) if start is None else None
         began = time.monotonic()
         try:

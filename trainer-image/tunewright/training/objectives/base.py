@@ -9,6 +9,7 @@ import torch
 
 from tunewright.config import TrainingConfig
 from tunewright.data.rows import Row
+from tunewright.storage import Storage
 from tunewright.training.family import Family
 
 
@@ -29,5 +30,7 @@ class Objective(Protocol):
     def loss(self, model: Any, batch: dict[str, Any], family: Family) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(scalar loss, metrics to average and log, e.g. rewards/accuracies)."""
 
-    def prepare(self, trainer: Any, datasets: list[list[dict[str, Any]]], family: Family) -> None:
-        """Called once before training (e.g. to precompute reference log-probs). May do nothing."""
+    def prepare(self, trainer: Any, datasets: list[list[dict[str, Any]]], family: Family,
+                run_dir: Storage | None = None) -> None:
+        """Called once before training (e.g. to precompute reference log-probs, cached under `run_dir`,
+        the run's directory in storage, so a retry or resume reuses them). May do nothing."""

@@ -10,6 +10,7 @@ import torch
 
 from tunewright.config import TrainingConfig
 from tunewright.data.rows import RankedRow, RatedRow, Row
+from tunewright.storage import Storage
 from tunewright.training.family import Family
 from tunewright.training.objectives.base import DataError
 
@@ -40,5 +41,6 @@ class SFTObjective:
         logp, n = family.sequence_logprobs(model, batch)
         return -logp.sum() / n.sum().clamp(min=1), {}
 
-    def prepare(self, trainer: Any, datasets: list[list[dict[str, Any]]], family: Family) -> None:
+    def prepare(self, trainer: Any, datasets: list[list[dict[str, Any]]], family: Family,
+                run_dir: Storage | None = None) -> None:
         return None
