@@ -18,6 +18,7 @@ import logging
 import random
 import socket
 import struct
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -120,8 +121,8 @@ class _Rule:
 class FaultProxy:
     """A threaded HTTP proxy in front of an S3 endpoint that fails chosen requests.
 
-    Rules are consulted in the order they were added; the first matching rule that is not used up decides
-    ("ok" forwards the request untouched). `method` matches the HTTP method exactly, `path` is a substring
+    Rules are consulted newest first; the first matching rule that is not used up decides ("ok" forwards
+    the request untouched). `method` matches the HTTP method exactly, `path` is a substring
     of the request path (`/<bucket>/<key>?query`). Every decision is kept in `log` as (method, path, kind).
     """
 
@@ -133,8 +134,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._released = threading.Event()
         self.stalled = threading.Event()  # set once a request is being held by a "stall" fault
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.proxy = self  # type: ignore[attr-defined]
         self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="s3-fault-proxy", daemon=True)
@@ -178,7 +178,7 @@ class FaultProxy:
     def _decide(self, method: str, path: str) -> str:
         with self._lock:
             kind = "ok"
-            for rule in self._rules:
+            for rule in reversed(self._rules):  # the newest rule first: it refines the older ones
                 if rule.matches(method, path) and (chosen := rule.next_kind()) is not None:
                     kind = chosen
                     break
@@ -214,12 +214,25 @@ def _checked(kinds: tuple[str, ...] | list[str]) -> list[str]:
     return list(kinds)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients hang up; so do injected resets
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, and "100 Continue" for botocore's Expect header
     server: ThreadingHTTPServer
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes: without this, Nagle + delayed ACK add 40 ms each.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_GET(self) -> None:
         self._handle()

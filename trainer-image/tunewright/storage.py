@@ -118,9 +118,8 @@ class Storage(ABC):
 
 class LocalStorage(Storage):
     def __init__(self, uri: str):
-        self.uri = uri
-        raw = uri.removeprefix("file://")
-        self.root = Path(raw).expanduser().absolute()
+        self.root = Path(uri.removeprefix("file://")).expanduser().absolute()
+        self.uri = f"file://{self.root}"  # absolute, so URIs recorded in reports stay valid from anywhere
 
     def _path(self, key: str) -> Path:
         return self.root / clean_key(key)
@@ -218,7 +217,7 @@ def s3_client() -> Any:
             from botocore.config import Config
 
             retries = {"mode": os.environ.get("AWS_RETRY_MODE") or "standard",
-                       "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or 8)}
+                       "total_max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or 8)}
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
             _CLIENTS[key] = boto3.session.Session().client(
                 "s3", endpoint_url=endpoint,
