@@ -390,8 +390,12 @@ class S3Storage(Storage):
                               preferred_transfer_client="classic")
 
     def upload_file(self, local: str | Path, key: str) -> None:
-        """Upload (multipart above the threshold), then verify the stored size and, where S3's ETag is the
-        MD5 (no KMS / customer-key encryption), the ETag; a mismatch raises StorageError."""
+        """Upload (multipart above the threshold), then verify the stored size and, for unencrypted objects,
+        the ETag (the MD5, or MD5 of part MD5s); a mismatch raises StorageError.
+
+        Encrypted objects are not ETag-checked: only AWS promises an MD5 ETag under SSE-S3 (MinIO, for one,
+        may not), and never under KMS or customer keys. Their bytes are still checked in transit: botocore
+        sends a CRC32 checksum with every PUT and part, which the server verifies."""
         local = Path(local)
         with self._errors("upload to", key):
             self.client.upload_file(str(local), self.bucket, self._key(key), Config=self._transfer_config())
@@ -400,7 +404,7 @@ class S3Storage(Storage):
         if int(head["ContentLength"]) != size:
             raise StorageError(f"upload of {local} to {self._uri(key)} stored {head['ContentLength']} bytes, "
                                f"expected {size}")
-        if head.get("ServerSideEncryption") in (None, "AES256") and not head.get("SSECustomerAlgorithm"):
+        if not head.get("ServerSideEncryption") and not head.get("SSECustomerAlgorithm"):
             expected = s3_etag(local, self.multipart_threshold, self.multipart_chunksize)
             if head["ETag"].strip('"') != expected:
                 raise StorageError(f"upload of {local} to {self._uri(key)} is corrupt: ETag {head['ETag']}, "
