@@ -137,7 +137,8 @@ class FaultProxy:
         self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.proxy = self  # type: ignore[attr-defined]
         self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="s3-fault-proxy", daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="s3-fault-proxy",
+                                        daemon=True)
         self._thread.start()
 
     def fail_next(self, *kinds: str, method: str | None = None, path: str | None = None) -> None:
