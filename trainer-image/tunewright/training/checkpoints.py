@@ -135,6 +135,9 @@ class CheckpointStore:
     exponential backoff from `retry_delay` seconds on top of botocore's own retries, and only then is the
     manifest written. A checkpoint that still fails is recorded: `flush()` (and the next `commit()`)
     raises CheckpointError naming it and the cause; committed checkpoints are never touched by a failure.
+
+    `on_commit` callbacks get (info, upload_seconds) on the upload thread, after the manifest and before
+    retention; an exception in one is logged, not raised.
     """
 
     def __init__(self, storage: Storage, keep_last: int, background: bool = True,
@@ -159,7 +162,8 @@ class CheckpointStore:
     def commit(self, local_dir: Path, step: int, epoch: float, metric: float | None) -> None:
         """Upload every file of `local_dir` as `checkpoint-<step>`, write its manifest last, then apply
         retention. In the background by default: returns once the files are snapshotted (hard links), so
-        the caller may delete `local_dir` right away. Raises at once if an earlier commit failed."""
+        the caller may delete `local_dir` right away, but must not rewrite its files in place (a link shares
+        the bytes). Raises at once if an earlier commit failed."""
         self.check()
         local_dir = Path(local_dir)
         if not local_dir.is_dir() or not _checkpoint_files(local_dir):
