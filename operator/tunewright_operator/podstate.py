@@ -50,8 +50,10 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         return PodState(phase)
     term = _terminated(pod)
     disruption = _disruption(pod)
-    message = (term.get("message") or status.get("message") or "").strip()
-    if disruption:
+    trainer = (term.get("message") or "").strip()
+    if disruption:  # what the node said, then what the trainer said
+        message = "; ".join(m for m in ((status.get("message") or "").strip(), trainer) if m)
         return PodState("Failed", disruption, True, term.get("exitCode"), message)
     reason = "OOMKilled" if term.get("reason") == "OOMKilled" else "TrainerError"
-    return PodState("Failed", reason, False, term.get("exitCode"), message or term.get("reason", ""))
+    return PodState("Failed", reason, False, term.get("exitCode"), trainer or status.get("message") or
+                    term.get("reason", ""))

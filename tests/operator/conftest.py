@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from support.k8s import ClusterThread, Kubelet
+from support.k8s import ClusterThread, Kubelet, wait_for
 from tunewright.data import synthetic
 from tunewright.data.store import DatasetStore
 from tunewright.storage import Storage, open_storage
@@ -32,17 +31,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Operator:
@@ -201,7 +189,7 @@ def operator_factory(cluster: ClusterThread, namespace: str, tmp_path: Path, sto
 
     yield make
     for op in made:
-        op.stop()
+        op.stop(signal.SIGKILL)  # nothing to finish gracefully in a test
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
         for op in made:

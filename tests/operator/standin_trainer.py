@@ -7,7 +7,7 @@ same idempotent retry (result.json present → exit 0). Its "training" is sleepi
 Test knobs (environment, set by the kubelet harness, never by the operator):
     STANDIN_STEP_SECONDS   seconds per step (default 0.05)
     STANDIN_FAIL_AT        fail at this step ...
-    STANDIN_FAIL_TIMES     ... in this many attempts (default: every attempt)
+    STANDIN_FAIL_TIMES     ... in this many attempts (default: every attempt); `job=n,job2=m` per TrainingJob
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def should_fail(run: RunStore, step: int) -> bool:
     if at is None or step != int(at):
         return False
     times = os.environ.get("STANDIN_FAIL_TIMES")
+    if times and "=" in times:
+        times = dict(kv.split("=") for kv in times.split(",")).get(os.environ.get("TUNEWRIGHT_TRAININGJOB", ""))
     failed = len([k for k in run.dir.list("standin") if k.startswith("standin/failed-")])
     if times is not None and failed >= int(times):
         return False

@@ -1,20 +1,194 @@
-"""TrainingJob lifecycles end to end: the real operator, the emulated API server, pods run by the test kubelet."""
+"""TrainingJob lifecycles end to end with the stand-in trainer (same contract as tunewright-train, no torch):
+the real operator in a subprocess, the emulated API server over HTTP, pods run by the test kubelet."""
 
 from __future__ import annotations
 
+import json
+import re
+import signal
+import time
 from typing import Any
 
-SPEC: dict[str, Any] = {"dataset": {"id": "songs"}, "training": {"maxSteps": 12},
-                        "checkpointing": {"everySteps": 4}}
+from support.k8s import wait_for
+from tunewright.runs import RunStore
+
+SPEC: dict[str, Any] = {"dataset": {"id": "songs"}, "training": {"maxSteps": 12}, "checkpointing": {"everySteps": 4}}
 
 
-def test_happy_path_with_standin(k8s, store, operator_factory, kubelet_factory):
+def report(store: Any, status: dict[str, Any]) -> dict[str, Any]:
+    return RunStore(store, status["runId"]).read_report() or {}
+
+
+def test_invalid_specs_fail_with_a_clear_message_and_an_event(k8s, operator_factory, kubelet_factory):
     kubelet_factory()
     operator_factory()
-    k8s.create("trainingjobs", "job1", SPEC)
-    status = k8s.wait_phase("job1", "Succeeded", timeout=30)
-    print(status)
-    assert status["adapterRef"]["name"] == "songs-sft-v1"
-    adapter = k8s.get("adapters", "songs-sft-v1")
-    print(adapter)
-    assert adapter["status"]["phase"] == "Ready"
+    # A real API server would refuse learningRate 0 by the CRD schema; the emulator does not, so this also
+    # shows the operator's own validation.
+    k8s.create("trainingjobs", "bad-lr", {**SPEC, "training": {"learningRate": 0}})
+    k8s.create("trainingjobs", "no-data", {**SPEC, "dataset": {"id": "nope"}})
+    bad = k8s.wait_phase("bad-lr", "Failed", timeout=20)
+    assert "training.learningRate = 0: must be > 0 and <= 1" in bad["message"]
+    assert [c["reason"] for c in bad["conditions"] if c["type"] == "Failed"] == ["InvalidSpec"]
+    missing = k8s.wait_phase("no-data", "Failed", timeout=20)
+    assert "dataset 'nope' not found" in missing["message"] and "known: songs" in missing["message"]
+    events = wait_for(lambda: [e for e in k8s.events("bad-lr") if e["reason"] == "InvalidSpec"], 10, "an Event")
+    assert events[0]["type"] == "Warning" and "learningRate" in events[0]["message"]
+    assert k8s.pods() == []
+
+
+def test_trainer_errors_are_retried_from_the_checkpoint_until_retries_are_spent(store, k8s, operator_factory,
+                                                                              kubelet_factory):
+    kubelet_factory(STANDIN_FAIL_AT="6", STANDIN_FAIL_TIMES="flaky=1,broken=99")
+    operator_factory("--max-concurrent-jobs", "2")
+    k8s.create("trainingjobs", "flaky", {**SPEC, "retries": 1})
+    k8s.create("trainingjobs", "broken", {**SPEC, "retries": 1, "name": "broken", "training": {"maxSteps": 40}})
+    flaky = k8s.wait_phase("flaky", "Succeeded", timeout=30)
+    assert (flaky["attempts"], flaky["failures"]) == (2, 1)
+    assert report(store, flaky)["resumedFrom"] == "checkpoint-4"  # failed at step 6, resumed from step 4
+    failed_cond = next(c for c in flaky["conditions"] if c["type"] == "PodFailed")
+    assert failed_cond["reason"] == "TrainerError" and "stand-in failure at step 6" in failed_cond["message"]
+
+    broken = k8s.wait_phase("broken", "Failed", timeout=30)
+    assert broken["failures"] == 2 and broken["attempts"] == 2
+    assert re.search(r"attempt 2 failed \(TrainerError: exit code 1; RuntimeError: stand-in failure at step 6\); "
+                     r"all 1 retries spent", broken["message"]), broken["message"]
+    assert sorted(k8s.pod_names()) == ["broken-a1", "broken-a2", "flaky-a1", "flaky-a2"]
+    assert {e["reason"] for e in k8s.events("broken")} >= {"Retrying", "Failed"}
+
+
+def test_evictions_and_preemptions_are_told_apart_from_errors(store, k8s, operator_factory, kubelet_factory):
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
+    operator_factory()
+    k8s.create("trainingjobs", "spot", {**SPEC, "training": {"maxSteps": 30}})
+    wait_for(lambda: k8s.status("spot").get("step", 0) >= 5, 20, "progress in status")
+    kubelet.evict("spot-a1")
+    wait_for(lambda: k8s.status("spot").get("podName") == "spot-a2", 20, "attempt 2")
+    cond = next(c for c in k8s.status("spot")["conditions"] if c["type"] == "PodFailed")
+    assert cond["reason"] == "Evicted" and "disrupted" in cond["message"] and "low on resource" in cond["message"]
+    wait_for(lambda: k8s.status("spot").get("step", 0) >= 12, 20, "progress of attempt 2")
+    kubelet.preempt("spot-a2")
+    wait_for(lambda: k8s.status("spot").get("podName") == "spot-a3", 20, "attempt 3")
+    cond = next(c for c in k8s.status("spot")["conditions"] if c["type"] == "PodFailed")
+    assert cond["reason"] == "PreemptionByScheduler" and "attempt 2 disrupted" in cond["message"]
+    done = k8s.wait_phase("spot", "Succeeded", timeout=30)
+    assert done["attempts"] == 3
+    assert report(store, done)["resumedFrom"] not in (None, "checkpoint-0")
+
+
+def test_concurrency_limit_and_queue_order(k8s, operator_factory, kubelet_factory):
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.05")
+    short = {**SPEC, "training": {"maxSteps": 4}}
+    k8s.create("trainingjobs", "z-first", {**short, "name": "z-first"})
+    time.sleep(1.1)  # creationTimestamp has one-second resolution
+    k8s.create("trainingjobs", "a-second", {**short, "name": "a-second"})
+    k8s.create("trainingjobs", "m-urgent", {**short, "name": "m-urgent", "priority": 5})
+    operator_factory("--max-concurrent-jobs", "1")
+    queued = wait_for(lambda: k8s.status("a-second").get("phase") == "Queued" and k8s.status("a-second"), 20,
+                      "a-second queued")
+    assert queued["message"].startswith("waiting for a free slot")
+    assert next(c for c in queued["conditions"] if c["type"] == "Admitted")["reason"] == "WaitingForSlot"
+    for name in ("m-urgent", "z-first", "a-second"):
+        k8s.wait_phase(name, "Succeeded", timeout=30)
+    assert kubelet.started == ["m-urgent-a1", "z-first-a1", "a-second-a1"]
+    assert kubelet.max_parallel() == 1
+
+
+def test_operator_restarts_lose_and_duplicate_nothing(store, k8s, operator_factory, kubelet_factory):
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.2")
+    op = operator_factory()
+    k8s.create("trainingjobs", "job", {**SPEC, "training": {"maxSteps": 25}})
+    wait_for(lambda: k8s.status("job").get("podName"), 20, "the pod")
+    op.restart()  # killed mid-job ...
+    wait_for(lambda: k8s.status("job").get("step", 0) >= 3, 20, "progress after the restart")
+    kubelet.kill("job-a1", signal.SIGSTOP)  # (hold the trainer while the operator goes away)
+    op.stop()  # ... and away while the pod finishes
+    kubelet.kill("job-a1", signal.SIGCONT)
+    wait_for(lambda: kubelet.pods["job-a1"].exited(), 20, "the pod to finish")
+    assert k8s.phase("job") == "Running"
+    op.start()
+    done = k8s.wait_phase("job", "Succeeded", timeout=20)
+    assert k8s.pod_names() == ["job-a1"]
+    assert [a["metadata"]["name"] for a in k8s.list("adapters")] == ["songs-sft-v1"]
+
+    # A crash after the Adapter was created but before the status said so: the next run must find it.
+    k8s.custom.patch_namespaced_custom_object_status(
+        "tunewright.dev", "v1alpha1", k8s.namespace, "trainingjobs", "job",
+        {"status": {"phase": "Running", "adapterRef": None, "completionTime": None}})
+    op.restart()  # SIGKILL, then start
+    again = k8s.wait_phase("job", "Succeeded", timeout=20)
+    assert again["adapterRef"] == done["adapterRef"]
+    assert [a["metadata"]["name"] for a in k8s.list("adapters")] == ["songs-sft-v1"]
+    assert k8s.pod_names() == ["job-a1"] and kubelet.started == ["job-a1"]
+    assert op.starts == 4
+
+
+def test_suspend_checkpoints_and_resume_continues(store, k8s, operator_factory, kubelet_factory):
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
+    operator_factory()
+    k8s.create("trainingjobs", "pausable", {**SPEC, "training": {"maxSteps": 30}, "checkpointing": {"everySteps": 10}})
+    wait_for(lambda: k8s.status("pausable").get("step", 0) >= 13, 20, "progress")
+    kubelet.kill("pausable-a1", signal.SIGSTOP)  # hold the trainer, so that it cannot finish meanwhile
+    k8s.patch_spec("trainingjobs", "pausable", {"suspend": True})
+    wait_for(lambda: not k8s.pods(), 20, "the pod to be deleted")
+    kubelet.kill("pausable-a1", signal.SIGCONT)  # the kubelet's SIGTERM is waiting for it
+    wait_for(lambda: kubelet.pods["pausable-a1"].exited(), 20, "the trainer to stop")
+    paused = k8s.wait_phase("pausable", "Queued", timeout=10)
+    assert "podName" not in paused
+    assert next(c for c in paused["conditions"] if c["type"] == "Suspended")["status"] == "True"
+    assert kubelet.pods["pausable-a1"].proc.returncode == 143  # SIGTERM → checkpoint → 143
+    interrupted = RunStore(store, paused["runId"]).read_progress()
+    assert interrupted is not None and interrupted.state == "interrupted"
+    stopped_at = interrupted.step
+    assert stopped_at >= 13 and interrupted.last_checkpoint == f"checkpoint-{stopped_at}"
+
+    k8s.patch_spec("trainingjobs", "pausable", {"suspend": False})
+    done = k8s.wait_phase("pausable", "Succeeded", timeout=30)
+    assert done["attempts"] == 2 and done.get("failures", 0) == 0
+    assert report(store, done)["resumedFrom"] == f"checkpoint-{stopped_at}"
+    assert next(c for c in done["conditions"] if c["type"] == "Suspended")["status"] == "False"
+
+
+def test_delete_removes_owned_objects_and_keeps_adapters(store, k8s, operator_factory, kubelet_factory):
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.2")
+    operator_factory("--max-concurrent-jobs", "2")
+    k8s.create("trainingjobs", "finished", {**SPEC, "name": "finished"})
+    k8s.create("trainingjobs", "running", {**SPEC, "name": "running", "training": {"maxSteps": 200}})
+    k8s.wait_phase("finished", "Succeeded", timeout=30)
+    wait_for(lambda: k8s.status("running").get("step", 0) >= 2, 20, "progress")
+    owned = {p["metadata"]["name"] for p in k8s.pods()} | {
+        c.metadata.name for c in k8s.core.list_namespaced_config_map(k8s.namespace).items}
+    assert owned == {"finished-a1", "running-a1", "finished-config", "running-config"}
+    k8s.delete("trainingjobs", "running")
+    k8s.delete("trainingjobs", "finished")
+    wait_for(lambda: k8s.get("trainingjobs", "running") is None, 20, "deletion (Kopf's timer finalizer released)")
+    wait_for(lambda: not k8s.pods(), 20, "owned pods to go")
+    assert k8s.core.list_namespaced_config_map(k8s.namespace).items == []
+    wait_for(lambda: kubelet.pods["running-a1"].exited(), 20, "the trainer to get SIGTERM")
+    assert kubelet.pods["running-a1"].proc.returncode == 143
+    assert [a["metadata"]["name"] for a in k8s.list("adapters")] == ["finished-v1"]
+
+
+def test_dataset_resources_and_operator_metrics(store, k8s, operator_factory, kubelet_factory):
+    kubelet_factory()
+    op = operator_factory()
+    k8s.create("datasets", "catalog", {"uri": store.child("datasets", "songs").uri})
+    k8s.create("datasets", "ghost", {"uri": store.child("datasets", "missing").uri})
+    ready = wait_for(lambda: (k8s.get("datasets", "catalog") or {}).get("status"), 20, "Dataset status")
+    meta = json.loads(store.read_text("datasets/songs/meta.json"))
+    assert ready["phase"] == "Ready"
+    assert (ready["kind"], ready["samples"], ready["digest"]) == ("rated", meta["samples"], meta["digest"])
+    ghost = wait_for(lambda: (k8s.get("datasets", "ghost") or {}).get("status"), 20, "Dataset status")
+    assert ghost["phase"] == "Invalid" and "meta.json missing" in ghost["message"]
+
+    k8s.create("trainingjobs", "from-catalog", {**SPEC, "dataset": {"id": "catalog"}})
+    done = k8s.wait_phase("from-catalog", "Succeeded", timeout=30)
+    assert done["adapterRef"]["name"] == "catalog-sft-v1"  # the adapter is named after the id, not the URI
+    config = k8s.core.read_namespaced_config_map("from-catalog-config", k8s.namespace).data["config.yaml"]
+    assert store.child("datasets", "songs").uri in config
+
+    text = op.metrics()
+    assert 'tunewright_operator_jobs{phase="Succeeded"} 1.0' in text or \
+        wait_for(lambda: 'tunewright_operator_jobs{phase="Succeeded"} 1.0' in op.metrics(), 10, "jobs gauge")
+    assert 'tunewright_operator_job_duration_seconds_count{method="sft",outcome="succeeded"} 1.0' in op.metrics()
+    assert "tunewright_operator_queue_depth 0.0" in op.metrics()
+    assert "tunewright_operator_reconcile_errors_total" in op.metrics()

@@ -21,8 +21,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,17 @@ CRDS = REPO / "crds"
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
 
 
 def _matches(labels: dict[str, str], selector: str) -> bool:
@@ -112,6 +124,8 @@ class Cluster(kmock.KubernetesEmulator):
         version = str(next(self._versions))
         if request.action == kmock.action.CREATE and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), resourceVersion=version, generation=1)
             if request.namespace:
                 meta["namespace"] = request.namespace
@@ -272,6 +286,13 @@ class RunningPod:
         self.termination_log, self.grace = termination_log, grace
         self.disruption: tuple[str, str] | None = None  # (kind, reason) for evict/preempt
         self.reported = False
+        self.started_at = time.monotonic()
+        self.exited_at: float | None = None
+
+    def exited(self) -> bool:
+        if self.exited_at is None and self.proc.poll() is not None:
+            self.exited_at = time.monotonic()
+        return self.exited_at is not None
 
 
 class Kubelet:
@@ -328,6 +349,16 @@ class Kubelet:
             self.pods[pod].disruption = ("PreemptionByScheduler", "Preempted by a higher-priority pod")
         self.pods[pod].proc.send_signal(signal.SIGTERM)
 
+    def max_parallel(self) -> int:
+        """The most pods that ran at the same moment."""
+        edges = sorted([(r.started_at, 1) for r in self.pods.values()] +
+                       [(r.exited_at or float("inf"), -1) for r in self.pods.values() if r.exited()])
+        level = peak = 0
+        for _, step in edges:
+            level += step
+            peak = max(peak, level)
+        return peak
+
     def log(self, pod: str) -> str:
         path = self.workdir / pod / "log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -350,6 +381,7 @@ class Kubelet:
             if uid not in known and phase == "Pending" and not pod["metadata"].get("deletionTimestamp"):
                 self._start(pod)
         for running in list(self.pods.values()):
+            running.exited()
             if running.uid not in pods and running.proc.poll() is None and not running.reported:
                 running.reported = True
                 threading.Thread(target=self._terminate, args=(running,), daemon=True).start()

@@ -1,0 +1,138 @@
+"""The operator's pure parts: pod manifests, pod outcome classification, queue order, conditions, settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tunewright.config import validate
+from tunewright.ids import check_id
+from tunewright_operator import pods, queue
+from tunewright_operator.models import TrainingJobSpec
+from tunewright_operator.podstate import pod_state
+from tunewright_operator.settings import Settings
+from tunewright_operator.status import set_condition
+
+TJ: dict[str, Any] = {"apiVersion": "tunewright.dev/v1alpha1", "kind": "TrainingJob",
+                      "metadata": {"name": "tune", "namespace": "ml", "uid": "0f1e2d3c-aaaa-bbbb-cccc-0123456789ab"}}
+
+
+def spec(**fields: Any) -> TrainingJobSpec:
+    return validate({"dataset": {"id": "songs"}, **fields}, TrainingJobSpec)
+
+
+def test_pod_manifest() -> None:
+    s = spec(resources={"gpus": 2, "cpu": "8", "memory": "32Gi", "nodeSelector": {"gpu": "a100"},
+                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                        "priorityClassName": "training"},
+             storage={"uri": "s3://b/p", "secretName": "s3-creds"}, image="registry/trainer:1")
+    pod = pods.pod(TJ, s, 3, "ml-tune-0f1e2d3c", "s3://b/p", Settings(grace_seconds=120))
+    meta, podspec = pod["metadata"], pod["spec"]
+    container = podspec["containers"][0]
+    assert meta["name"] == "tune-a3"
+    assert meta["ownerReferences"] == [{"apiVersion": "tunewright.dev/v1alpha1", "kind": "TrainingJob",
+                                        "name": "tune", "uid": TJ["metadata"]["uid"], "controller": True,
+                                        "blockOwnerDeletion": True}]
+    assert meta["labels"]["tunewright.dev/trainingjob"] == "tune" and meta["labels"]["tunewright.dev/attempt"] == "3"
+    assert container["image"] == "registry/trainer:1"
+    assert container["command"] == ["tunewright-train"]
+    assert container["args"] == ["--config", "/etc/tunewright/config.yaml", "--storage", "s3://b/p", "--run-id",
+                                 "ml-tune-0f1e2d3c", "--resume", "latest", "--metrics-port", "9400", "--quiet"]
+    assert container["resources"] == {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"},
+                                      "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"}}
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TUNEWRIGHT_TERMINATION_LOG"] == container["terminationMessagePath"] == "/dev/termination-log"
+    assert env["TUNEWRIGHT_TRAININGJOB"] == "tune" and env["TUNEWRIGHT_NAMESPACE"] == "ml"
+    assert env["TUNEWRIGHT_TRAININGJOB_UID"] == TJ["metadata"]["uid"]
+    assert not any("AWS" in k for k in env), "credentials only by Secret reference"
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
+                                            "capabilities": {"drop": ["ALL"]},
+                                            "seccompProfile": {"type": "RuntimeDefault"}}
+    assert podspec["securityContext"]["runAsNonRoot"] is True
+    assert podspec["restartPolicy"] == "Never" and podspec["terminationGracePeriodSeconds"] == 120
+    assert podspec["nodeSelector"] == {"gpu": "a100"} and podspec["priorityClassName"] == "training"
+    assert podspec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert {"name": "config", "configMap": {"name": "tune-config"}} in podspec["volumes"]
+
+
+def test_cpu_pod_requests_no_gpu() -> None:
+    pod = pods.pod(TJ, spec(), 1, "r", "file:///x", Settings())
+    container = pod["spec"]["containers"][0]
+    assert container["resources"] == {} and "envFrom" not in container
+    assert container["image"] == Settings().image
+
+
+def test_run_id_is_a_stable_dns_label() -> None:
+    assert pods.run_id("ml", "tune", TJ["metadata"]["uid"]) == "ml-tune-0f1e2d3c"
+    long = pods.run_id("n" * 63, "a.b" + "c" * 200, "ffff0000-1111")
+    assert check_id(long) == long and long.endswith("-ffff0000") and len(long) <= 63
+
+
+def pod(phase: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "p"}, "status": {"phase": phase, **status}}
+
+
+def terminated(code: int, message: str = "", reason: str = "Error") -> list[dict[str, Any]]:
+    return [{"name": "trainer", "state": {"terminated": {"exitCode": code, "message": message, "reason": reason}}}]
+
+
+def test_pod_state_tells_disruptions_from_trainer_errors() -> None:
+    crash = pod_state(pod("Failed", containerStatuses=terminated(1, "ValueError: bad rows\n")))
+    assert (crash.reason, crash.disrupted, crash.exit_code) == ("TrainerError", False, 1)
+    assert crash.describe() == "TrainerError: exit code 1; ValueError: bad rows"
+    evicted = pod_state(pod("Failed", reason="Evicted", message="The node was low on resource: memory."))
+    assert (evicted.reason, evicted.disrupted) == ("Evicted", True)
+    assert "low on resource" in evicted.message
+    preempted = pod_state(pod("Failed", containerStatuses=terminated(143), conditions=[
+        {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]))
+    assert (preempted.reason, preempted.disrupted, preempted.exit_code) == ("PreemptionByScheduler", True, 143)
+    oom = pod_state(pod("Failed", containerStatuses=terminated(137, reason="OOMKilled")))
+    assert (oom.reason, oom.disrupted) == ("OOMKilled", False)
+    assert pod_state({"metadata": {"name": "p", "deletionTimestamp": "x"}, "status": {"phase": "Running"}}
+                     ).phase == "Terminating"
+    assert pod_state({"metadata": {"name": "p"}}).phase == "Pending"
+
+
+def job(name: str, created: str, phase: str | None = None, priority: int = 0, pod_name: str | None = None,
+        suspend: bool = False) -> dict[str, Any]:
+    status = {k: v for k, v in {"phase": phase, "podName": pod_name}.items() if v}
+    return {"metadata": {"name": name, "namespace": "ns", "creationTimestamp": created},
+            "spec": {"priority": priority, "suspend": suspend}, "status": status}
+
+
+def test_queue_orders_by_priority_then_creation_and_counts_free_slots() -> None:
+    tjs = [job("old", "2026-01-01T00:00:01Z"), job("new", "2026-01-01T00:00:03Z"),
+           job("urgent", "2026-01-01T00:00:05Z", priority=10), job("running", "2026-01-01T00:00:00Z", "Running",
+                                                                   pod_name="running-a1"),
+           job("done", "2026-01-01T00:00:00Z", "Succeeded"), job("paused", "2026-01-01T00:00:00Z", suspend=True),
+           job("queued", "2026-01-01T00:00:02Z", "Queued")]
+    assert [queue.key(t)[1] for t in queue.waiting(tjs)] == ["urgent", "old", "queued", "new"]
+    assert queue.admissible(tjs, 1) == []
+    assert queue.admissible(tjs, 3) == [("ns", "urgent"), ("ns", "old")]
+    assert queue.position(tjs, ("ns", "new")) == 4
+    assert queue.phases(tjs) == {"Pending": 4, "Running": 1, "Succeeded": 1, "Queued": 1}
+
+
+def test_conditions_move_transition_time_only_on_flips(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunewright_operator import status
+
+    monkeypatch.setattr(status, "now", lambda: "T1")
+    first = set_condition(None, "Admitted", False, "WaitingForSlot", "1 in queue")
+    monkeypatch.setattr(status, "now", lambda: "T2")
+    same = set_condition(first, "Admitted", False, "WaitingForSlot", "2 in queue")
+    flipped = set_condition(same, "Admitted", True, "SlotAssigned")
+    assert same[0]["lastTransitionTime"] == "T1" and same[0]["message"] == "2 in queue"
+    assert flipped == [{"type": "Admitted", "status": "True", "reason": "SlotAssigned", "message": "",
+                        "lastTransitionTime": "T2"}]
+
+
+def test_settings_from_flags_and_environment() -> None:
+    env = {"TUNEWRIGHT_MAX_CONCURRENT_JOBS": "4", "TUNEWRIGHT_NAMESPACES": "a, b", "TUNEWRIGHT_IMAGE": "img:2"}
+    settings = Settings.parse(["--poll-seconds", "2.5"], env)
+    assert (settings.max_concurrent_jobs, settings.namespaces, settings.image, settings.poll_seconds) == (
+        4, ("a", "b"), "img:2", 2.5)
+    assert Settings.parse(["--namespace", "x", "--max-concurrent-jobs", "2"], env).namespaces == ("x",)
+    with pytest.raises(SystemExit):
+        Settings.parse(["--max-concurrent-jobs", "0"], {})
