@@ -87,7 +87,7 @@ def test_sigterm_commits_a_checkpoint_at_the_current_step_and_exits_143(root: St
     _wait_for(lambda: root.exists("runs/evicted/progress.json")
               and json.loads(root.read_text("runs/evicted/progress.json"))["step"] >= 5, proc)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=240)
     assert proc.returncode == 143, err
     assert "stopped by SIGTERM" in err
     progress = json.loads(root.read_text("runs/evicted/progress.json"))

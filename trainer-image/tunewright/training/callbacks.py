@@ -80,7 +80,7 @@ class RunLogCallback(TrainerCallback):
     """Each log event → one line of metrics.jsonl, progress.json, the Prometheus gauges and the terminal."""
 
     def __init__(self, run: RunStore, samples_per_step: int, trainer: Any, display: TerminalDisplay,
-                 prometheus: Any = None, resumed_lines: list[str] | None = None):
+                 prometheus: Any = None, resumed_lines: list[str] | None = None, flush_seconds: float = 0.0):
         self.run = run
         self.samples_per_step = samples_per_step
         self.trainer = trainer
@@ -89,6 +89,11 @@ class RunLogCallback(TrainerCallback):
         self.lines = resumed_lines or []
         self.progress = RunProgress(state="running")
         self._mark: tuple[float, int, int] | None = None
+        # Object storage has no append: metrics.jsonl is rewritten whole, so remote roots are flushed at most
+        # every `flush_seconds` (and at each evaluation, checkpoint and the end). Lines lost to a crash
+        # belong to steps after the last checkpoint, which the resumed run trains and logs again.
+        self.flush_seconds = flush_seconds
+        self._flushed = 0.0
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
@@ -117,10 +122,21 @@ class RunLogCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         self.lines.append(json.dumps(record, allow_nan=True))
-        self.run.dir.write_text(METRICS, "\n".join(self.lines) + "\n")
         self._update_progress(record)
+        if "eval_loss" in record or time.monotonic() - self._flushed >= self.flush_seconds:
+            self.flush()
         if self.prometheus is not None:
             self.prometheus.observe(record)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.flush()
+
+    def flush(self) -> None:
+        self.run.dir.write_text(METRICS, "\n".join(self.lines) + "\n")
+        self.run.write_progress(self.progress)
+        self._flushed = time.monotonic()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
@@ -133,12 +149,11 @@ class RunLogCallback(TrainerCallback):
                           ("grad_norm", "grad_norm")):
             if src in record and isinstance(record[src], float | int) and math.isfinite(record[src]):
                 setattr(p, dest, float(record[src]))
-        self.run.write_progress(p)
 
     def checkpoint_committed(self, name: str, best: str | None) -> None:
         self.progress.last_checkpoint, self.progress.best_checkpoint = name, best
         self.progress.updated = now_iso()
-        self.run.write_progress(self.progress)
+        self.flush()
 
 
 class TerminalDisplay:

@@ -250,7 +250,8 @@ class Run:
         samples_per_step = config.training.batch_size * config.training.gradient_accumulation_steps * args.world_size
         logger = RunLogCallback(self.run, samples_per_step, trainer, self.display,
                                 prometheus_for(config, self.run.run_id, self.metrics_port),
-                                resumed_metric_lines(self.run, start.step) if start else [])
+                                resumed_metric_lines(self.run, start.step) if start else [],
+                                flush_seconds=0.0 if self.root.local_path() else 5.0)
         self._wire_commits(logger, hf_dir)
         for cb in (EpochEndCallback(bool(val_ex)), CommitCheckpointCallback(self.checkpoints, hf_dir), logger, sigterm):
             trainer.add_callback(cb)
@@ -271,7 +272,7 @@ class Run:
         seconds = time.monotonic() - began
         if sigterm.requested:
             logger.progress.state = "interrupted"
-            self.run.write_progress(logger.progress)
+            logger.flush()
             raise TrainingInterrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint committed")
 
         best = self.checkpoints.best()
@@ -290,7 +291,7 @@ class Run:
         )
         result = self._publish(trainer.model, report, dataset, work)
         logger.progress.state = "completed"
-        self.run.write_progress(logger.progress)
+        logger.flush()
         print_summary(report, result.adapter_uri, self.display.console)
         return Outcome(self.run.run_id, result, report, trainer.model, processor)
 
