@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from support.checkpoints import digests, make_checkpoint_dir
 from tunewright.storage import Storage, StorageError, open_storage
 from tunewright.training.checkpoints import MANIFEST, CheckpointError, CheckpointInfo, CheckpointStore
