@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ class RunLogCallback(TrainerCallback):
         # belong to steps after the last checkpoint, which the resumed run trains and logs again.
         self.flush_seconds = flush_seconds
         self._flushed = 0.0
+        self._lock = threading.Lock()
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
@@ -134,9 +136,10 @@ class RunLogCallback(TrainerCallback):
             self.flush()
 
     def flush(self) -> None:
-        self.run.dir.write_text(METRICS, "\n".join(self.lines) + "\n")
-        self.run.write_progress(self.progress)
-        self._flushed = time.monotonic()
+        with self._lock:  # the checkpoint upload thread flushes too
+            self.run.dir.write_text(METRICS, "\n".join(self.lines) + "\n")
+            self.run.write_progress(self.progress)
+            self._flushed = time.monotonic()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:

@@ -296,9 +296,12 @@ class Run:
         return Outcome(self.run.run_id, result, report, trainer.model, processor)
 
     def _wire_commits(self, logger: RunLogCallback, hf_dir: Path) -> None:
+        best = [self.checkpoints.best()]  # retention never deletes the best, so a running minimum is exact
+
         def committed(info: Any, upload_seconds: float) -> None:
-            best = self.checkpoints.best()
-            logger.checkpoint_committed(info.name, best.name if best else None)
+            if info.metric is not None and (best[0] is None or best[0].metric is None or info.metric < best[0].metric):
+                best[0] = info
+            logger.checkpoint_committed(info.name, best[0].name if best[0] else None)
             if logger.prometheus is not None:
                 logger.prometheus.checkpoint_committed(time.time(), upload_seconds)
             shutil.rmtree(hf_dir / info.name, ignore_errors=True)  # the local staging copy is no longer needed
