@@ -31,12 +31,16 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
     tj = (GROUP, VERSION, TRAININGJOBS)
 
     @kopf.on.startup()
-    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
         settings.posting.level = 20  # INFO: our explicit events, not every log line
         settings.watching.server_timeout = 600
         settings.networking.request_timeout = 60
         if rec.settings.metrics_port:
             prometheus_client.start_http_server(rec.settings.metrics_port)
+        try:
+            rec.kick()  # fills the gauges and starts what the queue allows, even if no event comes
+        except Exception as err:  # the watch events will retry; the operator must still start
+            logger.warning(f"initial queue check failed: {err}")
 
     @kopf.on.event(*tj)
     @metrics.counted("trainingjob")

@@ -29,7 +29,7 @@ def is_active(tj: dict[str, Any]) -> bool:
 def is_waiting(tj: dict[str, Any]) -> bool:
     status = _status(tj)
     return (status.get("phase") not in (*TERMINAL_PHASES, "Running") and not status.get("podName")
-            and not (tj.get("spec") or {}).get("suspend"))
+            and not (tj.get("spec") or {}).get("suspend") and not tj["metadata"].get("deletionTimestamp"))
 
 
 def _priority(tj: dict[str, Any]) -> int:

@@ -54,6 +54,8 @@ class Reconciler:
             tj = self.kube.get(TRAININGJOBS, namespace, name)
             if tj is None or _status(tj).get("phase") in TERMINAL_PHASES:
                 return
+            if tj["metadata"].get("deletionTimestamp"):
+                return  # going away; its pods go with it (garbage collection by ownerReference)
             freed = self._step(tj)
         if freed:
             self.kick()

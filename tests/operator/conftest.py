@@ -23,7 +23,6 @@ from tunewright.storage import Storage, open_storage
 
 HERE = Path(__file__).parent
 STANDIN = [sys.executable, str(HERE / "standin_trainer.py")]
-REAL_TRAINER = [str(Path(sys.executable).parent / "tunewright-train")]
 GROUP, VERSION = "tunewright.dev", "v1alpha1"
 
 
@@ -46,7 +45,8 @@ class Operator:
     def start(self) -> Operator:
         self.metrics_port, self.health_port = free_port(), free_port()
         self.starts += 1
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        # No AWS_* from the test: storage credentials must come from the job's Secret.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | {"KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("ab") as log:
             log.write(f"\n===== operator start {self.starts} =====\n".encode())
             log.flush()

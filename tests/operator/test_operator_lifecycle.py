@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
+
+import pytest
+import yaml
 
 from support.k8s import wait_for
 from tunewright.runs import RunStore
@@ -129,7 +135,7 @@ def test_suspend_checkpoints_and_resume_continues(store, k8s, operator_factory, 
     wait_for(lambda: k8s.status("pausable").get("step", 0) >= 13, 20, "progress")
     kubelet.kill("pausable-a1", signal.SIGSTOP)  # hold the trainer, so that it cannot finish meanwhile
     k8s.patch_spec("trainingjobs", "pausable", {"suspend": True})
-    wait_for(lambda: not k8s.pods(), 20, "the pod to be deleted")
+    wait_for(lambda: not k8s.pods() and kubelet.pods["pausable-a1"].sigterm_sent, 20, "the pod's deletion")
     kubelet.kill("pausable-a1", signal.SIGCONT)  # the kubelet's SIGTERM is waiting for it
     wait_for(lambda: kubelet.pods["pausable-a1"].exited(), 20, "the trainer to stop")
     paused = k8s.wait_phase("pausable", "Queued", timeout=10)
@@ -192,3 +198,34 @@ def test_dataset_resources_and_operator_metrics(store, k8s, operator_factory, ku
     assert 'tunewright_operator_job_duration_seconds_count{method="sft",outcome="succeeded"} 1.0' in op.metrics()
     assert "tunewright_operator_queue_depth 0.0" in op.metrics()
     assert "tunewright_operator_reconcile_errors_total" in op.metrics()
+
+
+def kubectl_binary() -> str | None:
+    local = Path(__file__).resolve().parents[2] / ".bin" / "kubectl"
+    return str(local) if local.exists() else shutil.which("kubectl")
+
+
+@pytest.mark.skipif(kubectl_binary() is None, reason="no kubectl on this machine (.bin/kubectl or PATH)")
+def test_kubectl_apply_get_delete(cluster, k8s, operator_factory, kubelet_factory, tmp_path):
+    """kubectl against the emulator (no OpenAPI document there, hence --validate=false; no server-side
+    table printing, hence NAME/AGE columns only)."""
+    kubelet_factory()
+    operator_factory()
+    manifest = tmp_path / "tj.yaml"
+    manifest.write_text(yaml.safe_dump({"apiVersion": "tunewright.dev/v1alpha1", "kind": "TrainingJob",
+                                        "metadata": {"name": "applied", "namespace": k8s.namespace}, "spec": SPEC}))
+
+    def kubectl(*args: str) -> str:
+        out = subprocess.run([kubectl_binary(), "--kubeconfig", str(cluster.kubeconfig_path), "-n", k8s.namespace,
+                              *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert "trainingjob.tunewright.dev/applied created" in kubectl("apply", "--validate=false", "-f", str(manifest))
+    k8s.wait_phase("applied", "Succeeded", timeout=30)
+    assert "applied" in kubectl("get", "trainingjobs")
+    assert yaml.safe_load(kubectl("get", "trainingjob", "applied", "-o", "yaml"))["status"]["phase"] == "Succeeded"
+    assert "songs-sft-v1" in kubectl("get", "adapters")
+    assert "deleted" in kubectl("delete", "trainingjob", "applied", "--wait=false")
+    wait_for(lambda: k8s.get("trainingjobs", "applied") is None, 20, "deletion")
+    assert "songs-sft-v1" in kubectl("get", "adapters")

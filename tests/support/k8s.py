@@ -44,7 +44,7 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> Any:
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -79,26 +79,34 @@ class Cluster(kmock.KubernetesEmulator):
     """KubernetesEmulator + object metadata, the status subresource, label selectors and garbage collection."""
 
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    namespaces: set[str] = attrs.field(factory=set, init=False)  # Namespace objects, by name
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         # kmock reads `/api/v1/namespaces` as "a namespace prefix without a name" and fails, so the namespace
-        # list (which Kopf observes) is served here: every namespace that holds an object, as Namespaces.
+        # list (which Kopf observes) is served here: the created namespaces and every one that holds an object.
         if raw_request.path == "/api/v1/namespaces":
             return await self._serve_namespaces(raw_request)
         return await super().__call__(raw_request)
 
+    def _namespaces(self) -> list[dict[str, Any]]:
+        names = self.namespaces | {ns for (_, ns, _) in self.objects if ns}
+        return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "uid": n, "resourceVersion": "1"},
+                 "status": {"phase": "Active"}} for n in sorted(names)]
+
     async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        names = sorted({ns for (_, ns, _) in self.objects if ns})
-        items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "uid": n, "resourceVersion": "1"},
-                  "status": {"phase": "Active"}} for n in names]
         if raw_request.query.get("watch") != "true":
             return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
-                                              "metadata": {"resourceVersion": "1"}, "items": items})
+                                              "metadata": {"resourceVersion": "1"}, "items": self._namespaces()})
         response = aiohttp.web.StreamResponse()
         await response.prepare(raw_request)
-        for item in items:
-            await response.write(json.dumps({"type": "ADDED", "object": item}).encode() + b"\n")
-        await asyncio.sleep(float(raw_request.query.get("timeoutSeconds", 60)))  # then end, as the server would
+        seen: set[str] = set()
+        deadline = asyncio.get_running_loop().time() + float(raw_request.query.get("timeoutSeconds", 60))
+        while asyncio.get_running_loop().time() < deadline:  # new namespaces are announced as they appear
+            for item in self._namespaces():
+                if item["metadata"]["name"] not in seen:
+                    seen.add(item["metadata"]["name"])
+                    await response.write(json.dumps({"type": "ADDED", "object": item}).encode() + b"\n")
+            await asyncio.sleep(0.2)
         return response
 
     async def _handle(self, request: rendering.Request) -> Any:
@@ -150,6 +158,9 @@ class Cluster(kmock.KubernetesEmulator):
 
     async def _serve_list(self, request: rendering.Request) -> Any:
         result = await super()._serve_list(request)
+        resource = request.resource
+        kind = self.resources[resource].kind if resource in self.resources else None
+        result.update(apiVersion=f"{resource.group}/{resource.version}".lstrip("/"), kind=f"{kind or 'Object'}List")
         selector = request.params.get("labelSelector")
         if selector:
             result["items"] = [o for o in result["items"]
@@ -216,6 +227,9 @@ class ClusterThread:
         self._stopped = asyncio.Event()
         async with Cluster() as cluster, kmock.Server(cluster) as server:
             cluster.resources.load_bundled()
+            for resource in list(cluster.resources):  # a small API makes Kopf's discovery quick
+                if (resource.group, resource.version) not in (("", "v1"), ("apiextensions.k8s.io", "v1")):
+                    del cluster.resources[resource]
             self.cluster = cluster
             self.url = str(server.url).rstrip("/")
             self._ready.set()
@@ -264,8 +278,11 @@ _namespaces = itertools.count(1)
 
 @pytest.fixture
 def namespace(cluster: ClusterThread) -> str:
-    """A fresh namespace name per test (the emulator needs no Namespace object)."""
-    return f"test-{next(_namespaces)}"
+    """A fresh namespace per test."""
+    name = f"test-{next(_namespaces)}"
+    assert cluster.cluster is not None
+    cluster.call(cluster.cluster.namespaces.add, name)
+    return name
 
 
 __all__ = ["Cluster", "ClusterThread", "cluster", "load_crds", "namespace"]
@@ -286,6 +303,7 @@ class RunningPod:
         self.termination_log, self.grace = termination_log, grace
         self.disruption: tuple[str, str] | None = None  # (kind, reason) for evict/preempt
         self.reported = False
+        self.sigterm_sent = False
         self.started_at = time.monotonic()
         self.exited_at: float | None = None
 
@@ -308,7 +326,7 @@ class Kubelet:
     """
 
     def __init__(self, api: Any, namespace: str, workdir: Path, commands: dict[str, list[str]],
-                 extra_env: dict[str, str] | None = None, max_grace: float = 20.0, interval: float = 0.1):
+                 extra_env: dict[str, str] | None = None, max_grace: float = 20.0, interval: float = 0.2):
         import kubernetes
 
         self.core = kubernetes.client.CoreV1Api(api)
@@ -391,6 +409,7 @@ class Kubelet:
     def _terminate(self, running: RunningPod) -> None:
         """The pod object is gone: SIGTERM, wait out the grace period, SIGKILL."""
         running.proc.send_signal(signal.SIGTERM)
+        running.sigterm_sent = True
         try:
             running.proc.wait(min(running.grace, self.max_grace))
         except subprocess.TimeoutExpired:
