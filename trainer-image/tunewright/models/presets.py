@@ -30,10 +30,17 @@ def _llama(hidden: int, layers: int, heads: int, vocab: int) -> Any:
     return LlamaForCausalLM(config), tokenizer
 
 
+def _musicgen() -> Any:
+    from tunewright.models.musicgen import tiny_musicgen  # the audio stack only when asked for
+
+    return tiny_musicgen()
+
+
 # name -> builder returning (model, processor). Other families register theirs here too.
 PRESETS: dict[str, Callable[[], Any]] = {
     "tiny-llama": lambda: _llama(hidden=64, layers=2, heads=4, vocab=512),
     "small-llama": lambda: _llama(hidden=256, layers=4, heads=8, vocab=8192),
+    "tiny-musicgen": _musicgen,
 }
 
 
