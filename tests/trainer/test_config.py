@@ -77,7 +77,3 @@ def test_unreadable_or_malformed_files_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(tmp_path / "list.yaml")
 
-
-def test_the_cli_config_example_is_valid() -> None:
-    config = load_config(Path(__file__).parents[2] / "examples" / "config-sft.yaml")
-    assert (config.method, config.name, config.lora.modules_to_save) == ("sft", "songs-sft", ["lm_head"])
