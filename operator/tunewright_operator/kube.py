@@ -79,6 +79,12 @@ class Kube:
                 return None
             raise
 
+    def list_pods(self, namespaces: tuple[str, ...], selector: str) -> list[dict[str, Any]]:
+        if not namespaces:
+            return [_sanitize(p) for p in self.core.list_pod_for_all_namespaces(label_selector=selector).items]
+        return [_sanitize(p) for ns in namespaces
+                for p in self.core.list_namespaced_pod(ns, label_selector=selector).items]
+
     def ensure_pod(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             return _sanitize(self.core.create_namespaced_pod(namespace, body))

@@ -17,6 +17,7 @@ TERMINATION_LOG = "/dev/termination-log"
 LABEL_JOB = "tunewright.dev/trainingjob"
 LABEL_ATTEMPT = "tunewright.dev/attempt"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tunewright-operator"}
+SELECTOR = f"app.kubernetes.io/managed-by=tunewright-operator,{LABEL_JOB}"  # the trainer pods
 TRAINER_COMMAND = "tunewright-train"
 
 

@@ -1,7 +1,9 @@
-"""The queue, recomputed from the listed TrainingJobs each time (no in-memory state to lose on restart).
+"""The queue, recomputed from the listed TrainingJobs and trainer pods each time (nothing in memory to lose).
 
-Active: admitted (a pod name in status) and Running. Waiting: not started (or suspended and resumed), not
-suspended, not finished. Waiting jobs start in order of spec.priority (higher first), then creation time.
+Busy: admitted (a pod name in status, phase Running) or owning a trainer pod that has not finished (also one
+the status does not know of yet, after a restart, or one still terminating). Waiting: not started (or
+suspended and resumed), not suspended, not finished, not busy. Waiting jobs start in order of spec.priority
+(higher first), then creation time.
 """
 
 from __future__ import annotations
@@ -46,10 +48,22 @@ def waiting(tjs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((tj for tj in tjs if is_waiting(tj)), key=order)
 
 
-def admissible(tjs: list[dict[str, Any]], max_active: int) -> list[Key]:
+def pod_owners(pods: list[dict[str, Any]], label: str) -> set[Key]:
+    """Jobs that own a trainer pod which has not finished (running, pending or terminating)."""
+    return {(p["metadata"].get("namespace", ""), p["metadata"]["labels"][label]) for p in pods
+            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            and label in (p["metadata"].get("labels") or {})}
+
+
+def busy(tjs: list[dict[str, Any]], owners: set[Key] | None = None) -> set[Key]:
+    return {key(tj) for tj in tjs if is_active(tj)} | ((owners or set()) & {key(tj) for tj in tjs})
+
+
+def admissible(tjs: list[dict[str, Any]], max_active: int, owners: set[Key] | None = None) -> list[Key]:
     """The waiting jobs that may start now, in order."""
-    free = max(0, max_active - sum(is_active(tj) for tj in tjs))
-    return [key(tj) for tj in waiting(tjs)[:free]]
+    taken = busy(tjs, owners)
+    free = max(0, max_active - len(taken))
+    return [key(tj) for tj in waiting(tjs) if key(tj) not in taken][:free]
 
 
 def position(tjs: list[dict[str, Any]], job: Key) -> int | None:

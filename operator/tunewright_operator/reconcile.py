@@ -76,10 +76,16 @@ class Reconciler:
 
     def kick(self) -> None:
         """Start whatever the queue allows (after a job finished, was suspended or deleted)."""
-        tjs = self.kube.list(TRAININGJOBS, self.settings.namespaces)
-        metrics.observe_phases(queue.phases(tjs), len(queue.waiting(tjs)))
-        for namespace, name in queue.admissible(tjs, self.settings.max_concurrent_jobs):
+        tjs, owners = self._cluster_state()
+        for namespace, name in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners):
             self.reconcile(namespace, name)
+
+    def _cluster_state(self) -> tuple[list[dict[str, Any]], set[queue.Key]]:
+        """All TrainingJobs and the jobs owning unfinished trainer pods (the queue's inputs); updates gauges."""
+        tjs = self.kube.list(TRAININGJOBS, self.settings.namespaces)
+        owners = queue.pod_owners(self.kube.list_pods(self.settings.namespaces, pods.SELECTOR), pods.LABEL_JOB)
+        metrics.observe_phases(queue.phases(tjs), len(queue.waiting(tjs)))
+        return tjs, owners
 
     # --- the state machine ---
 
@@ -135,18 +141,20 @@ class Reconciler:
     def _admit(self, tj: dict[str, Any], spec: TrainingJobSpec) -> bool:
         """A waiting job: start it if the queue allows, else record its place."""
         namespace, name = queue.key(tj)
+        attempt = int(_status(tj).get("attempts") or 0) + 1
+        if self.kube.get_pod(namespace, pods.pod_name(name, attempt)) is not None:
+            return self._start(tj, spec, attempt)  # started just before a restart lost the status write
         try:
             config = self._prepare(tj, spec)
         except validation.InvalidJob as err:
             return self._invalid(tj, None, str(err))
         with self._admission:
-            tjs = self.kube.list(TRAININGJOBS, self.settings.namespaces)
-            metrics.observe_phases(queue.phases(tjs), len(queue.waiting(tjs)))
-            if (namespace, name) in queue.admissible(tjs, self.settings.max_concurrent_jobs):
+            tjs, owners = self._cluster_state()
+            if (namespace, name) in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners):
                 self.kube.ensure_config_map(namespace, pods.config_map(tj, config))
-                return self._start(tj, spec, int(_status(tj).get("attempts") or 0) + 1)
+                return self._start(tj, spec, attempt)
             place = queue.position(tjs, (namespace, name))
-            running = sum(queue.is_active(t) for t in tjs)
+            running = len(queue.busy(tjs, owners))
             self._write(tj, {
                 "phase": "Queued",
                 "message": f"waiting for a free slot: {place} in the queue, {running} of "

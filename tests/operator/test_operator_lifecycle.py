@@ -25,6 +25,12 @@ def report(store: Any, status: dict[str, Any]) -> dict[str, Any]:
     return RunStore(store, status["runId"]).read_report() or {}
 
 
+def reached(store: Any, k8s: Any, name: str, step: int) -> None:
+    """Wait until the trainer's own progress.json (not the status, which lags by a poll) is at `step`."""
+    run = RunStore(store, wait_for(lambda: k8s.status(name).get("runId"), 20, "the run id"))
+    wait_for(lambda: (p := run.read_progress()) is not None and p.step >= step, 20, f"step {step}", interval=0.02)
+
+
 def test_invalid_specs_fail_with_a_clear_message_and_an_event(k8s, operator_factory, kubelet_factory):
     kubelet_factory()
     operator_factory()
@@ -66,12 +72,13 @@ def test_evictions_and_preemptions_are_told_apart_from_errors(store, k8s, operat
     kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
     operator_factory()
     k8s.create("trainingjobs", "spot", {**SPEC, "training": {"maxSteps": 30}})
-    wait_for(lambda: k8s.status("spot").get("step", 0) >= 5, 20, "progress in status")
+    reached(store, k8s, "spot", 5)
     kubelet.evict("spot-a1")
     wait_for(lambda: k8s.status("spot").get("podName") == "spot-a2", 20, "attempt 2")
     cond = next(c for c in k8s.status("spot")["conditions"] if c["type"] == "PodFailed")
     assert cond["reason"] == "Evicted" and "disrupted" in cond["message"] and "low on resource" in cond["message"]
-    wait_for(lambda: k8s.status("spot").get("step", 0) >= 12, 20, "progress of attempt 2")
+    wait_for(lambda: "spot-a2" in kubelet.pods, 20, "attempt 2 to start")
+    reached(store, k8s, "spot", 12)
     kubelet.preempt("spot-a2")
     wait_for(lambda: k8s.status("spot").get("podName") == "spot-a3", 20, "attempt 3")
     cond = next(c for c in k8s.status("spot")["conditions"] if c["type"] == "PodFailed")
@@ -102,12 +109,14 @@ def test_concurrency_limit_and_queue_order(k8s, operator_factory, kubelet_factor
 def test_operator_restarts_lose_and_duplicate_nothing(store, k8s, operator_factory, kubelet_factory):
     kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.2")
     op = operator_factory()
-    k8s.create("trainingjobs", "job", {**SPEC, "training": {"maxSteps": 25}})
-    wait_for(lambda: k8s.status("job").get("podName"), 20, "the pod")
-    op.restart()  # killed mid-job ...
-    wait_for(lambda: k8s.status("job").get("step", 0) >= 3, 20, "progress after the restart")
-    kubelet.kill("job-a1", signal.SIGSTOP)  # (hold the trainer while the operator goes away)
-    op.stop()  # ... and away while the pod finishes
+    k8s.create("trainingjobs", "job", {**SPEC, "training": {"maxSteps": 40}})
+    reached(store, k8s, "job", 2)
+    kubelet.kill("job-a1", signal.SIGSTOP)  # (the test holds the trainer whenever timing matters)
+    op.restart()  # killed mid-job: SIGKILL, then a new process
+    kubelet.kill("job-a1", signal.SIGCONT)
+    wait_for(lambda: k8s.status("job").get("step", 0) >= 5, 20, "progress seen by the new operator")
+    kubelet.kill("job-a1", signal.SIGSTOP)
+    op.stop()  # away while the pod finishes
     kubelet.kill("job-a1", signal.SIGCONT)
     wait_for(lambda: kubelet.pods["job-a1"].exited(), 20, "the pod to finish")
     assert k8s.phase("job") == "Running"
@@ -128,11 +137,32 @@ def test_operator_restarts_lose_and_duplicate_nothing(store, k8s, operator_facto
     assert op.starts == 4
 
 
+def test_a_lost_status_write_neither_duplicates_the_pod_nor_breaks_the_limit(store, k8s, operator_factory,
+                                                                             kubelet_factory):
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
+    op = operator_factory("--max-concurrent-jobs", "1")
+    k8s.create("trainingjobs", "job", {**SPEC, "name": "job", "training": {"maxSteps": 20}})
+    reached(store, k8s, "job", 1)
+    kubelet.kill("job-a1", signal.SIGSTOP)
+    op.stop(signal.SIGKILL)
+    # As if the operator had died between creating the pod and writing the status:
+    k8s.custom.patch_namespaced_custom_object_status(
+        "tunewright.dev", "v1alpha1", k8s.namespace, "trainingjobs", "job",
+        {"status": {k: None for k in ("phase", "podName", "attempts", "runId", "startTime", "conditions", "message")}})
+    k8s.create("trainingjobs", "urgent", {**SPEC, "name": "urgent", "priority": 10})
+    op.start()
+    kubelet.kill("job-a1", signal.SIGCONT)
+    for name in ("job", "urgent"):
+        k8s.wait_phase(name, "Succeeded", timeout=30)
+    assert kubelet.started == ["job-a1", "urgent-a1"] and kubelet.max_parallel() == 1
+    assert k8s.status("job")["attempts"] == 1
+
+
 def test_suspend_checkpoints_and_resume_continues(store, k8s, operator_factory, kubelet_factory):
     kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
     operator_factory()
     k8s.create("trainingjobs", "pausable", {**SPEC, "training": {"maxSteps": 30}, "checkpointing": {"everySteps": 10}})
-    wait_for(lambda: k8s.status("pausable").get("step", 0) >= 13, 20, "progress")
+    reached(store, k8s, "pausable", 13)
     kubelet.kill("pausable-a1", signal.SIGSTOP)  # hold the trainer, so that it cannot finish meanwhile
     k8s.patch_spec("trainingjobs", "pausable", {"suspend": True})
     wait_for(lambda: not k8s.pods() and kubelet.pods["pausable-a1"].sigterm_sent, 20, "the pod's deletion")

@@ -112,6 +112,14 @@ def test_queue_orders_by_priority_then_creation_and_counts_free_slots() -> None:
     assert queue.admissible(tjs, 1) == []
     assert queue.admissible(tjs, 3) == [("ns", "urgent"), ("ns", "old")]
     assert queue.position(tjs, ("ns", "new")) == 4
+    # A job whose pod exists although its status does not say so (a restart lost the write) holds a slot.
+    pods_ = [{"metadata": {"namespace": "ns", "name": "old-a1", "labels": {"tunewright.dev/trainingjob": "old"}},
+              "status": {"phase": "Running"}},
+             {"metadata": {"namespace": "ns", "name": "done-a1", "labels": {"tunewright.dev/trainingjob": "done"}},
+              "status": {"phase": "Succeeded"}}]
+    owners = queue.pod_owners(pods_, "tunewright.dev/trainingjob")
+    assert owners == {("ns", "old")}
+    assert queue.admissible(tjs, 3, owners) == [("ns", "urgent")]
     assert queue.phases(tjs) == {"Pending": 4, "Running": 1, "Succeeded": 1, "Queued": 1}
 
 

@@ -118,8 +118,8 @@ class Cluster(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(err)) from None
         if request.action == kmock.action.CREATE and response.status == 200:
             response.set_status(201)  # the client only decodes creations answered with 201 Created
-        if request.action in (kmock.action.DELETE, kmock.action.UPDATE):
-            await self._collect_garbage()
+        if request.action in (kmock.action.CREATE, kmock.action.DELETE, kmock.action.UPDATE):
+            await self._collect_garbage()  # also catches dependents created after their owner was deleted
         return response
 
     def _has_status(self, request: rendering.Request) -> bool:
