@@ -27,7 +27,7 @@ test: install lint tools
 	$(PY) -m pytest -q
 
 crds: install
-	$(PY) -m tunewright_operator.crdgen crds/
+	$(PY) -m tunewright_operator.crdgen crds/ --readme README.md
 	$(MAKE) --no-print-directory chart-crds
 
 # Helm installs CRDs only from the chart's own crds/ folder, so the chart ships copies of crds/;
