@@ -12,12 +12,19 @@ from typing import Any
 import torch
 
 # LoRA defaults: the decoder's self-attention (what the music sounds like) and cross-attention (how it
-# follows the prompt) projections. Suffixes are matched by PEFT against full module names; no T5 or EnCodec
-# module ends in `self_attn.*`/`encoder_attn.*`, so the frozen parts stay untouched.
-DEFAULT_TARGET_MODULES = [
+# follows the prompt) projections, and its per-codebook output heads (without them a LoRA barely moves the
+# token distributions: on tiny-musicgen held-out NLL plateaus at 4.06 instead of reaching 3.2). Suffixes
+# are matched by PEFT against full module names; no T5 or EnCodec module ends in `self_attn.*`,
+# `encoder_attn.*` or `lm_heads.<n>`, so the frozen parts stay untouched.
+ATTENTION_MODULES = [
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
     "encoder_attn.q_proj", "encoder_attn.k_proj", "encoder_attn.v_proj", "encoder_attn.out_proj",
 ]
+
+
+def default_target_modules(num_codebooks: int) -> list[str]:
+    return [*ATTENTION_MODULES, *(f"lm_heads.{k}" for k in range(num_codebooks))]
+
 
 TINY_SAMPLE_RATE = 8000
 

@@ -25,7 +25,7 @@ from safetensors.torch import save as save_tensors
 
 from tunewright.config import TrainingConfig
 from tunewright.data.audio_files import AudioDecodeError, conform, decode_audio, read_manifest
-from tunewright.models.musicgen import DEFAULT_TARGET_MODULES
+from tunewright.models.musicgen import default_target_modules
 from tunewright.storage import Storage
 from tunewright.training.objectives.base import DataError
 
@@ -123,7 +123,6 @@ class MusicgenFamily:
     """`MusicgenForConditionalGeneration` trained on (prompt, clip path) pairs; clips live in `dataset_dir`."""
 
     name = "musicgen"
-    default_target_modules = DEFAULT_TARGET_MODULES
 
     def __init__(self, processor: Any, model: Any, config: TrainingConfig, dataset_dir: Storage):
         self.tokenizer = processor.tokenizer
@@ -135,6 +134,7 @@ class MusicgenFamily:
         self.start_id = decoder.decoder_start_token_id if decoder.decoder_start_token_id is not None \
             else decoder.bos_token_id
         self.num_codebooks = decoder.num_codebooks
+        self.default_target_modules = default_target_modules(decoder.num_codebooks)
         self.audio_channels = decoder.audio_channels
         self.sample_rate = model.config.audio_encoder.sampling_rate
         self.fingerprint = frozen_fingerprint(model)
@@ -142,7 +142,7 @@ class MusicgenFamily:
         self.codes = EncodingCache(cache_root.child("codes"))
         self.text = EncodingCache(cache_root.child("text"))
         self.manifest = read_manifest(dataset_dir)
-        self._checked_frozen = False
+        self._checked_frozen: set[int] = set()  # ids of the models checked
         if not getattr(model, "_tunewright_counted", False):
             model.text_encoder.register_forward_pre_hook(_count("text"))
             model.audio_encoder.encoder.register_forward_pre_hook(_count("codec"))
@@ -218,7 +218,7 @@ class MusicgenFamily:
         return {"labels": labels, "encoder_hidden_states": states, "encoder_attention_mask": mask}
 
     def sequence_logprobs(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self._checked_frozen:
+        if id(model) not in self._checked_frozen:
             self._check_frozen(model)
         labels = batch["labels"]  # (batch, frames, codebooks)
         n, frames, codebooks = labels.shape
@@ -243,7 +243,7 @@ class MusicgenFamily:
         if trained:
             raise DataError(f"lora.targetModules/modulesToSave reach the frozen text encoder or codec "
                             f"({', '.join(trained[:3])}); MusicGen adapters train the decoder only")
-        self._checked_frozen = True
+        self._checked_frozen.add(id(model))
 
 
 class _eval:
