@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections import Counter
@@ -139,3 +140,16 @@ def test_resume_after_sigterm_continues_from_the_checkpoint_without_encoding_aga
     for (name, wa), (_, wb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         if "lora_" in name:
             torch.testing.assert_close(wa, wb, atol=1e-5, rtol=1e-4)
+
+
+def test_ranking_orders_heldout_clips_by_fit_to_the_prompt(
+        audio_root: Storage, musicgen_config: Callable[..., TrainingConfig]) -> None:
+    # Lists from the rated clips of each prompt: its register's tone > noise > the other register's tone.
+    config = musicgen_config("clips", method="ranking", **{"training.epochs": 6, "training.lrScheduler": "constant",
+                                                         "ranking.loss": "listwise"})
+    outcome, _ = _run(config, audio_root, "ranking")
+    report = outcome.report
+    assert report["bestEvalLoss"] < report["initialEvalLoss"] / 2
+    lines = [json.loads(x) for x in audio_root.child("runs", "ranking").read_text("metrics.jsonl").splitlines()]
+    at_best = next(e for e in lines if e.get("step") == report["bestStep"] and "eval_loss" in e)
+    assert at_best["eval_ranking/pairwise_accuracy"] >= 0.9  # held-out lists, ordered by the adapter's rewards
