@@ -181,16 +181,21 @@ def render(manifest: dict[str, Any]) -> str:
 
 # --- README reference ---
 
+def _num(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _range(node: dict[str, Any]) -> str:
     parts = []
     if "minimum" in node:
-        parts.append(f"{'>' if node.get('exclusiveMinimum') else '≥'} {node['minimum']:g}")
+        parts.append(f"{'>' if node.get('exclusiveMinimum') else '≥'} {_num(node['minimum'])}")
     if "maximum" in node:
-        parts.append(f"{'<' if node.get('exclusiveMaximum') else '≤'} {node['maximum']:g}")
+        parts.append(f"{'<' if node.get('exclusiveMaximum') else '≤'} {_num(node['maximum'])}")
     if "enum" in node:
         parts.append(" \\| ".join(f"`{v}`" for v in node["enum"]))
     if "pattern" in node:
-        parts.append("DNS-1123 label" if "a-z0-9" in node["pattern"] else f"`{node['pattern']}`")
+        pattern = node["pattern"].replace("|", "\\|")
+        parts.append("DNS-1123 label" if "a-z0-9" in pattern else f"`{pattern}`")
     if "maxLength" in node:
         parts.append(f"≤ {node['maxLength']} chars")
     if "minItems" in node:

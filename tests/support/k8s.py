@@ -38,6 +38,7 @@ from kmock._internal import rendering
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
+KEEP_REQUESTS = 32
 
 
 def _now() -> str:
@@ -86,6 +87,10 @@ class Cluster(kmock.KubernetesEmulator):
         # list (which Kopf observes) is served here: the created namespaces and every one that holds an object.
         if raw_request.path == "/api/v1/namespaces":
             return await self._serve_namespaces(raw_request)
+        # kmock keeps every request for assertions and matches each new one against its reactions by walking
+        # them all: quadratic over a session. These tests assert on objects, not requests: keep the latest few.
+        for requests in (self._requests, *(payload._requests for payload in self._payloads)):
+            del requests[:-KEEP_REQUESTS]
         return await super().__call__(raw_request)
 
     def _namespaces(self) -> list[dict[str, Any]]:
