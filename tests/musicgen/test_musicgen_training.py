@@ -17,9 +17,10 @@ from peft import PeftModel
 from tunewright.config import TrainingConfig
 from tunewright.data.split import split_by_prompt
 from tunewright.data.store import DatasetStore
-from tunewright.data.synthetic_audio import REGISTERS
+from tunewright.data.synthetic_audio import REGISTERS, write_dataset
 from tunewright.models.loading import load_base
-from tunewright.storage import Storage
+from tunewright.runs import RESULT
+from tunewright.storage import Storage, open_storage
 from tunewright.training import callbacks
 from tunewright.training.musicgen import ENCODER_FORWARDS, MusicgenFamily
 from tunewright.training.run import Outcome, Run, TrainingInterrupted
@@ -153,3 +154,18 @@ def test_ranking_orders_heldout_clips_by_fit_to_the_prompt(
     lines = [json.loads(x) for x in audio_root.child("runs", "ranking").read_text("metrics.jsonl").splitlines()]
     at_best = next(e for e in lines if e.get("step") == report["bestStep"] and "eval_loss" in e)
     assert at_best["eval_ranking/pairwise_accuracy"] >= 0.9  # held-out lists, ordered by the adapter's rewards
+
+
+def test_audio_dataset_on_s3_trains_and_later_runs_reuse_its_encodings(
+        s3_root: str, tmp_path: Path, musicgen_config: Callable[..., TrainingConfig]) -> None:
+    root = open_storage(s3_root)
+    DatasetStore(root).import_file("tones", write_dataset(tmp_path, "rated", prompts=8, per_prompt=1), "rated",
+                                   modality="audio")
+    config = musicgen_config("tones", **{"training.maxSteps": 2})
+    first, encoded = _run(config, root, "first")
+    assert encoded["codec"] > 0 and encoded["text"] > 0
+    cache = root.child("datasets", "tones").list("cache")
+    assert len(cache) == encoded["codec"] + encoded["text"]
+    _, again = _run(config, root, "second")
+    assert again == Counter()  # every clip and prompt came from the encodings stored next to the dataset
+    assert first.result.adapter_uri.startswith("s3://") and root.exists(f"runs/second/{RESULT}")
