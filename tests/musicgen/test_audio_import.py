@@ -58,7 +58,8 @@ def test_import_copies_the_clips_and_their_content_is_in_the_digest(root: Storag
 @pytest.mark.parametrize(("setup", "reference", "message"), [
     (lambda src: None, "clips/missing.wav", r"row 2, field 'completion': audio file 'clips/missing.wav' not found in"),
     (lambda src: (src / "clips" / "bad.wav").write_bytes(b"RIFF not really a wave file"), "clips/bad.wav",
-     r"row 2, field 'completion': audio file 'clips/bad.wav' cannot be decoded as audio .*supported: wav, flac"),
+     r"row 2, field 'completion': audio file 'clips/bad.wav' cannot be decoded as audio \(Format not recognised; "
+     r"supported: wav, flac"),
     (lambda src: None, "../outside.wav", r"row 2, field 'completion': audio file '../outside.wav' must be a path "
                                          r"relative to the dataset file"),
 ])

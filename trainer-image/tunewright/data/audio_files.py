@@ -37,7 +37,9 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     """(samples as float32 of shape (channels, frames), sample rate) of an encoded audio file."""
     try:
         wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+    except sf.LibsndfileError as err:
+        raise AudioDecodeError(err.error_string.strip().rstrip(".")) from None  # without the BytesIO repr
+    except (RuntimeError, TypeError, ValueError) as err:
         raise AudioDecodeError(str(err).strip() or type(err).__name__) from None
     if wave.shape[0] == 0:
         raise AudioDecodeError("the file holds no audio frames")
