@@ -47,6 +47,12 @@ tools: .bin/helm .bin/promtool
 .bin/promtool: tools/fetch_tools.py | install
 	-$(PY) tools/fetch_tools.py promtool
 
+# tunewright vs TRL / an encode-every-step MusicGen loop / no checkpoints, same model+data+hardware, each
+# side in its own process; table + bench/results.json, last line = key ratios. ~10 min on 2 idle cores.
+# BENCH_REPS=n changes the repetitions (default 3); BENCH_ARGS="--only dpo,sft" picks comparisons.
+bench: install
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 # Container images (needs a Docker engine; none runs on the CI machines).
 IMAGE_PREFIX ?= tunewright
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

@@ -1,0 +1,1 @@
+"""`make bench`: tunewright against the tools a user would otherwise pick (see bench/run.py)."""

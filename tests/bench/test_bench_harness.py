@@ -1,0 +1,64 @@
+"""The bench harness's plumbing (not its figures): children, RSS, medians, ratios, the last line."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.run import Comparison, Metric, Side, final_line, summarise, table  # noqa: E402
+
+
+def comparison(name: str, ours: list[dict], theirs: list[dict]) -> Comparison:
+    comp = Comparison(name, Side("tunewright", f"{name}.a"), Side("other", f"{name}.b"), {},
+                      [Metric("steps_per_s", "steps/s", "1/s"),
+                       Metric("seconds_to_target", "s to target", "s", higher_is_better=False)])
+    comp.runs = {"ours": ours, "theirs": theirs}
+    return comp
+
+
+def test_ratios_are_ratios_of_medians_and_missing_sides_are_reported() -> None:
+    dpo = comparison("dpo", [{"steps_per_s": s, "seconds_to_target": t} for s, t in ((3, 10), (2, 30), (100, 20))],
+                     [{"steps_per_s": s, "seconds_to_target": t} for s, t in ((1, 40), (1.5, 50), (1, None))])
+    musicgen = comparison("musicgen", [{"available": False, "reason": "method 'x' is not available"}],
+                          [{"steps_per_s": 1.0}])
+    ckpt = comparison("ckpt", [{"steps_per_s": 1.0}], [{"steps_per_s": 1.04}])
+
+    summary = summarise([dpo, musicgen, ckpt])
+
+    assert summary["ratios"]["dpo_speedup"] == pytest.approx(3 / 1)  # medians 3 and 1: outliers do not count
+    assert summary["ratios"]["dpo_time_to_acc_speedup"] == pytest.approx(45 / 20)  # None is skipped
+    assert summary["ratios"]["ckpt_overhead"] == pytest.approx(0.04)
+    assert summary["ratios"]["musicgen_speedup"] is None
+    assert summary["targets"]["dpo_speedup"]["met"] is True
+    assert summary["targets"]["ckpt_overhead"]["met"] is True
+    assert summary["targets"]["musicgen_speedup"]["met"] is None
+    assert "musicgen   not available: method 'x' is not available" in table([dpo, musicgen, ckpt], summary)
+    assert final_line(summary) == ("dpo_speedup=3.00 dpo_time_to_acc_speedup=2.25 sft_speedup=n/a "
+                                   "musicgen_speedup=n/a ckpt_overhead=0.04")
+
+
+def test_quick_sft_comparison_runs_both_sides_in_their_own_processes(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--reps", "1", "--only", "sft",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"dpo_speedup=n/a dpo_time_to_acc_speedup=n/a sft_speedup=\d+\.\d\d "
+                        r"musicgen_speedup=n/a ckpt_overhead=n/a", last), last
+    results = json.loads(out.read_text())
+    sft = results["comparisons"]["sft"]
+    assert sft["available"]
+    for role in ("ours", "theirs"):
+        (run,) = sft["runs"][role]
+        assert run["samples_per_s"] > 0 and run["tokens_per_s"] > run["samples_per_s"]
+        assert 100 < run["peak_rss_mb"] < 8000  # each child's own peak (torch alone is > 100 MB)
+        assert 50 < run["tokens_per_sample"] <= sft["params"]["max_length"]
+    assert results["device"]["cores"] and results["device"]["versions"]["trl"]
