@@ -74,7 +74,8 @@ class DataParams(Spec):
                               description="SFT keeps rated samples with rating >= minRating.")
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of prompts held out for "
                                        "validation (split by prompt, deterministic).")
-    max_length: int = Field(512, ge=8, le=1_048_576, description="Maximum tokens (prompt + completion).")
+    max_length: int = Field(512, ge=8, le=1_048_576, description="Maximum tokens (prompt + completion); "
+                            "for MusicGen, codec frames per clip.")
 
 
 class LoraParams(Spec):
@@ -84,7 +85,8 @@ class LoraParams(Spec):
     alpha: float = Field(32.0, gt=0, le=65_536, description="LoRA alpha (scaling = alpha / rank).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
     target_modules: list[str] | None = Field(
-        None, min_length=1, description="Module names to adapt; default: the family's attention projections.")
+        None, min_length=1, description="Module names to adapt; default: the attention projections "
+        "(MusicGen: the decoder's self/cross-attention projections and its per-codebook output heads).")
     modules_to_save: list[str] | None = Field(
         None, description="Modules trained in full and saved with the adapter (e.g. lm_head).")
 

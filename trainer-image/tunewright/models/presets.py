@@ -7,6 +7,7 @@ pod, a resumed run) gets the identical base model.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -48,9 +49,15 @@ def preset_cache() -> Path:
     return Path(os.environ.get("TUNEWRIGHT_CACHE", Path.home() / ".cache" / "tunewright")) / "presets"
 
 
+def builder_digest() -> str:
+    """A digest of the code that builds presets (this package): editing it never reuses stale cached weights."""
+    sources = sorted(Path(__file__).parent.glob("*.py"))
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:10]
+
+
 def materialise(name: str) -> Path:
     """The directory holding preset `name`, building it on first use (atomically)."""
-    target = preset_cache() / name
+    target = preset_cache() / f"{name}-{builder_digest()}"
     if (target / "config.json").exists():
         return target
     state = torch.random.get_rng_state()

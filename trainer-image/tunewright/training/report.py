@@ -35,8 +35,9 @@ def build_report(*, state: TrainerState, run_id: str, config: dict[str, Any], da
                  resumed_from: str | None) -> dict[str, Any]:
     train = _losses(state, "loss")
     evals = _losses(state, "eval_loss")
-    extra = {k: v for k, v in (state.log_history[-1] if state.log_history else {}).items()
-             if k.startswith("eval_") and k not in ("eval_loss", "eval_runtime")}
+    last_eval = next((e for e in reversed(state.log_history) if "eval_loss" in e), {})
+    extra = {k: v for k, v in last_eval.items() if k.startswith("eval_") and k not in (
+        "eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")}
     steps_this_attempt = state.global_step - (int(resumed_from.rsplit("-", 1)[-1]) if resumed_from else 0)
     return {
         "runId": run_id,
