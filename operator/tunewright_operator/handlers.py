@@ -12,13 +12,11 @@ import kopf
 import prometheus_client
 
 from tunewright_operator import datasets, metrics
-from tunewright_operator.kube import ADAPTERS, DATASETS, TRAININGJOBS, Kube
+from tunewright_operator.kube import DATASETS, TRAININGJOBS, Kube
 from tunewright_operator.models import GROUP, TERMINAL_PHASES, VERSION
 from tunewright_operator.pods import LABEL_JOB, MANAGED_BY
 from tunewright_operator.reconcile import Reconciler
 from tunewright_operator.settings import Settings
-
-__all__ = ["ADAPTERS", "register"]
 
 
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
