@@ -13,6 +13,7 @@ import yaml
 from tunewright.cli.common import fail, run_cli
 from tunewright.config import TrainingConfig, apply_overrides, load_config, validate
 from tunewright.storage import open_storage
+from tunewright.training import launch
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("TUNEWRIGHT_METRICS_PORT", "9400")),
                    help="Prometheus /metrics port (0 disables; default 9400)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--nproc-per-node", type=int, metavar="N",
+                   help="data-parallel processes on this machine (default: resources.gpus when > 1, else 1); "
+                        "more than one process in all runs under torchrun")
     return p
 
 
@@ -53,11 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "botocore", "urllib3", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return run_cli(lambda: train(args))
+    return run_cli(lambda: train(args, sys.argv[1:] if argv is None else argv))
 
 
-def train(args: argparse.Namespace) -> int:
+def train(args: argparse.Namespace, argv: list[str]) -> int:
     config = resolve_config(args)
+    topo = launch.topology(config, args.nproc_per_node, visible_gpus=_visible_gpus(config))
+    if topo.world_size > 1 and not launch.in_worker():
+        return distributed(args, config, topo, argv)
+    launch.worker_setup()
     from tunewright.training.run import Run, TrainingInterrupted  # torch loads only after the config is valid
 
     try:
@@ -65,8 +73,26 @@ def train(args: argparse.Namespace) -> int:
                       args.metrics_port or None, display=not args.quiet).execute()
     except TrainingInterrupted as err:
         return fail(str(err), 143)
-    print(outcome.result.adapter_uri)
+    if outcome.result is not None:  # None on the ranks other than 0 of a multi-process run
+        print(outcome.result.adapter_uri)
     return 0
+
+
+def _visible_gpus(config: TrainingConfig) -> int | None:
+    if config.resources.gpus <= 1:
+        return None
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def distributed(args: argparse.Namespace, config: TrainingConfig, topo: launch.Topology, argv: list[str]) -> int:
+    """Re-run this command under torchrun, `topo.nproc_per_node` workers on this node (see launch.py)."""
+    if topo.nnodes > 1 and not args.run_id:
+        raise launch.LaunchError(f"resources.nodes = {topo.nnodes} needs --run-id: every node must write the same run")
+    run_id = launch.resolve_run_id(open_storage(args.storage), config.adapter_name(), args.run_id, args.resume)
+    failure = launch.launch(topo, launch.worker_argv(argv, run_id))
+    return fail(failure.message, failure.exit_code) if failure else 0
 
 
 if __name__ == "__main__":

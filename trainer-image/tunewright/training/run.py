@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import EarlyStoppingCallback, PrinterCallback, TrainingArguments, set_seed
 
 from tunewright.config import TrainingConfig
@@ -29,17 +30,18 @@ from tunewright.registry import (
     ReportSummary,
     TrainingJobRef,
 )
-from tunewright.runs import ADAPTER, CONFIG, METRICS, REPORT, RESULT, RunResult, RunStore, new_run_id
+from tunewright.runs import ADAPTER, CONFIG, METRICS, REPORT, RESULT, RunResult, RunStore
 from tunewright.storage import Storage
 from tunewright.training.callbacks import (
     CommitCheckpointCallback,
     EpochEndCallback,
     RunLogCallback,
-    SigtermCallback,
     TerminalDisplay,
 )
 from tunewright.training.checkpoints import CheckpointStore
+from tunewright.training.distributed import CheckpointRanks, check_resume_world, describe_batch, sigterm_callback
 from tunewright.training.family import CausalLMFamily, Family
+from tunewright.training.launch import is_main, resolve_run_id
 from tunewright.training.objectives import DataError, objective_for
 from tunewright.training.report import build_report, print_summary
 from tunewright.training.trainer import ExampleDataset, ObjectiveTrainer
@@ -65,7 +67,7 @@ class Dataset:
 @dataclass
 class Outcome:
     run_id: str
-    result: RunResult
+    result: RunResult | None  # None on the ranks other than 0 of a multi-process run: rank 0 publishes
     report: dict[str, Any]
     model: Any = None
     processor: Any = None
@@ -81,16 +83,6 @@ def resolve_dataset(config: TrainingConfig, root: Storage) -> Dataset:
     else:
         ds, meta = open_dataset(config.dataset.uri or "")
     return Dataset(meta, ds, load_rows(ds, meta))
-
-
-def resolve_run_id(root: Storage, name: str, run_id: str | None, resume: str | None) -> str:
-    if run_id or not resume:
-        return run_id or new_run_id(name)
-    runs = root.child("runs")
-    unfinished = [r for r in runs.list_dirs() if r.startswith(f"{name}-") and not runs.exists(f"{r}/{RESULT}")]
-    if not unfinished:
-        raise RunError(f"no unfinished run of {name!r} to resume in {runs.uri}; pass --run-id")
-    return sorted(unfinished)[-1]
 
 
 def family_for(model_type: str, processor: Any, config: TrainingConfig, dataset: Dataset, model: Any) -> Family:
@@ -139,14 +131,17 @@ def training_arguments(config: TrainingConfig, output_dir: Path, has_eval: bool)
 
 
 def initial_eval_loss(trainer: ObjectiveTrainer) -> float | None:
-    """Validation loss of the untrained adapter, computed outside the Trainer so no callback sees it."""
+    """Validation loss of the untrained adapter, computed outside the Trainer so no callback sees it.
+    Over the whole validation split in this process (not the rank's shard), with no collective calls."""
     if trainer.eval_dataset is None:
         return None
     model = trainer.model
     model.eval()
     total, batches = 0.0, 0
+    loader = DataLoader(trainer.eval_dataset, batch_size=trainer.args.per_device_eval_batch_size,
+                        collate_fn=trainer.data_collator)
     with torch.no_grad():
-        for batch in trainer.get_eval_dataloader():
+        for batch in loader:
             loss, _ = trainer.objective.loss(model, trainer._prepare_inputs(batch), trainer.family)
             total, batches = total + float(loss), batches + 1
     model.train()
@@ -155,7 +150,8 @@ def initial_eval_loss(trainer: ObjectiveTrainer) -> float | None:
 
 def check_config_matches(run: RunStore, config: TrainingConfig) -> None:
     if not run.dir.exists(CONFIG):
-        run.dir.write_text(CONFIG, json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        if is_main():
+            run.dir.write_text(CONFIG, json.dumps(config.to_dict(), indent=2, sort_keys=True))
         return
     stored = json.loads(run.dir.read_text(CONFIG))
     current = config.to_dict()
@@ -205,8 +201,8 @@ class Run:
         self.name = config.adapter_name()
         self.run = RunStore(root, resolve_run_id(root, self.name, run_id, resume))
         self.resume = resume
-        self.metrics_port = metrics_port
-        self.display = TerminalDisplay(enabled=display)
+        self.metrics_port = metrics_port if is_main() else None  # only rank 0 has the (averaged) values
+        self.display = TerminalDisplay(enabled=display and is_main())
         self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last)
 
     def execute(self) -> Outcome:
@@ -242,18 +238,22 @@ class Run:
         resume_dir = self.checkpoints.fetch(start.name, work / "resume" / start.name) if start else None
         hf_dir = work / "hf"
         args = training_arguments(config, hf_dir, has_eval=bool(val_ex))
+        samples_per_step = config.training.batch_size * config.training.gradient_accumulation_steps * args.world_size
+        if resume_dir:
+            check_resume_world(resume_dir, args.world_size, samples_per_step // args.world_size)
+        log.info("%s", describe_batch(args))
         trainer = ObjectiveTrainer(model=model, args=args, train_dataset=ExampleDataset(train_ex),
                                    eval_dataset=ExampleDataset(val_ex) if val_ex else None,
                                    objective=objective, family=family)
         trainer.remove_callback(PrinterCallback)
-        sigterm = SigtermCallback()
-        samples_per_step = config.training.batch_size * config.training.gradient_accumulation_steps * args.world_size
+        sigterm = sigterm_callback()
         logger = RunLogCallback(self.run, samples_per_step, trainer, self.display,
                                 prometheus_for(config, self.run.run_id, self.metrics_port),
                                 resumed_metric_lines(self.run, start.step) if start else [],
                                 flush_seconds=0.0 if self.root.local_path() else 5.0)
         self._wire_commits(logger, hf_dir)
-        for cb in (EpochEndCallback(bool(val_ex)), CommitCheckpointCallback(self.checkpoints, hf_dir), logger, sigterm):
+        commit = CommitCheckpointCallback(self.checkpoints, hf_dir)
+        for cb in (CheckpointRanks(), EpochEndCallback(bool(val_ex)), commit, logger, sigterm):
             trainer.add_callback(cb)
         early = None
         if config.early_stopping and val_ex:
@@ -261,7 +261,7 @@ class Run:
             trainer.add_callback(early)
 
         objective.prepare(trainer, [train_ex, val_ex], family, run_dir=self.run.dir)
-        before = initial_eval_loss(trainer) if start is None else None
+        before = initial_eval_loss(trainer) if start is None and is_main() else None
         began = time.monotonic()
         try:
             trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
@@ -271,9 +271,12 @@ class Run:
         self.checkpoints.flush()
         seconds = time.monotonic() - began
         if sigterm.requested:
-            logger.progress.state = "interrupted"
-            logger.flush()
+            if is_main():
+                logger.progress.state = "interrupted"
+                logger.flush()
             raise TrainingInterrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint committed")
+        if not is_main():
+            return Outcome(self.run.run_id, None, {})
 
         best = self.checkpoints.best()
         self._load_best(trainer, best, work)
@@ -288,7 +291,7 @@ class Run:
                     "trainExamples": len(train_ex), "validationExamples": len(val_ex)},
             initial_eval_loss=before, best=best, stopped_early=stopped_early, training_seconds=seconds,
             samples_per_step=samples_per_step, resumed_from=start.name if start else None,
-        )
+        ) | {"worldSize": args.world_size, "globalBatchSize": samples_per_step}
         result = self._publish(trainer.model, report, dataset, work)
         logger.progress.state = "completed"
         logger.flush()

@@ -1,0 +1,170 @@
+"""Data parallelism on CPU (gloo): `tunewright-train --nproc-per-node 2` under torchrun, in subprocesses.
+
+Which single-process run is equivalent to 2 processes × per-device batch B? HF Trainer shuffles once with
+the data seed and accelerate deals consecutive batches of B to the ranks (rank r takes batches r, r+2, ...),
+so one optimizer step sees the same 2B samples as one process taking two micro-batches of B with gradient
+accumulation 2. DDP averages the ranks' gradients and HF divides each micro-batch's loss by the
+accumulation steps: both are the mean of the two micro-batch means, and the logged loss is averaged the
+same way. So 2 × B is exactly 1 × B × accumulation 2 (same losses, gradient norms, eval losses, weights),
+including the epoch end. 1 × 2B without accumulation is NOT exactly the same: it sees the same samples,
+but the objectives average over the tokens of a whole micro-batch, which weights the samples differently.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from support.trainer import import_rows, quick_config
+from tunewright.config import TrainingConfig
+from tunewright.data import synthetic
+from tunewright.registry import Registry
+from tunewright.storage import Storage, open_storage
+from tunewright.training.checkpoints import CheckpointStore
+from tunewright.training.distributed import WorldSizeChanged
+from tunewright.training.run import Run
+
+pytestmark = pytest.mark.slow
+
+# 80 training examples: 10 steps of 2 × 4 per epoch, checkpoints mid-epoch and at epoch ends.
+PARALLEL = {"training.batchSize": 4, "training.epochs": 2, "checkpointing.everySteps": 3}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Storage:
+    tmp = tmp_path_factory.mktemp("dp")
+    root = open_storage(f"file://{tmp}/store")
+    import_rows(root, "songs", synthetic.rated_rows(), "rated", tmp)
+    return root
+
+
+def _start(root: Storage, config: TrainingConfig, tmp: Path, *args: str) -> subprocess.Popen:
+    path = tmp / f"config-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(config.to_dict()))
+    cmd = [sys.executable, "-m", "tunewright.cli.train", "--nproc-per-node", "2", "--config", str(path),
+           "--storage", root.uri, "--metrics-port", "0", "--quiet", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"trainer exited early: {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def _metrics(root: Storage, run_id: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in root.child("runs", run_id).read_text("metrics.jsonl").splitlines()]
+
+
+def _by_step(records: list[dict[str, Any]], key: str) -> dict[int, float]:
+    values = [(r["step"], r[key]) for r in records if key in r]
+    assert len({s for s, _ in values}) == len(values), f"a step logged {key} twice"
+    return dict(values)
+
+
+def _assert_same(a: dict[int, float], b: dict[int, float], what: str, tol: float = 1e-5) -> None:
+    assert sorted(a) == sorted(b), what
+    for step in a:
+        assert abs(a[step] - b[step]) <= tol * max(1.0, abs(a[step])), f"{what} at step {step}: {a[step]} vs {b[step]}"
+
+
+def _adapter(root: Storage, run_id: str, tmp: Path) -> dict[str, torch.Tensor]:
+    local = root.child("runs", run_id, "adapter").download_dir("", tmp / f"adapter-{run_id}")
+    return load_file(str(local / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def two_processes(store: Storage, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """An uninterrupted 2-process run (no --run-id: the launcher picks one for both workers): (run id, stdout)."""
+    code, out, err = _finish(_start(store, quick_config("songs", **PARALLEL), tmp_path_factory.mktemp("two")))
+    assert code == 0, err[-3000:]
+    runs = [r for r in store.child("runs").list_dirs() if r.startswith("songs-sft-")]
+    assert len(runs) == 1, runs
+    return runs[0], out
+
+
+def test_two_processes_train_exactly_like_one_with_accumulation(
+        store: Storage, two_processes: tuple[str, str], tmp_path: Path) -> None:
+    two_id, out = two_processes
+    one = Run(quick_config("songs", **PARALLEL, **{"training.gradientAccumulationSteps": 2}), store,
+              run_id="one-process", display=False).execute()
+    assert out.splitlines() == [f"{store.uri}/adapters/songs-sft/1"]  # rank 0 alone prints and publishes
+    assert [r.version for r in Registry(store).list() if r.run_id == two_id] == [1]
+
+    two = json.loads(store.child("runs", two_id).read_text("report.json"))
+    assert (two["worldSize"], two["globalBatchSize"]) == (2, 8)
+    assert (one.report["worldSize"], one.report["globalBatchSize"]) == (1, 8)
+    assert two["steps"] == one.report["steps"] == 20
+    assert two["initialEvalLoss"] == pytest.approx(one.report["initialEvalLoss"], rel=1e-6)  # whole split
+    a, b = _metrics(store, two_id), _metrics(store, "one-process")
+    for key in ("loss", "grad_norm", "learning_rate", "eval_loss"):
+        _assert_same(_by_step(a, key), _by_step(b, key), key)
+    assert len(_by_step(a, "loss")) == 20 and len(_by_step(a, "eval_loss")) >= 7
+    wa, wb = _adapter(store, two_id, tmp_path), _adapter(store, "one-process", tmp_path)
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-5, rtol=1e-4)
+
+    progress = json.loads(store.child("runs", two_id).read_text("progress.json"))
+    assert progress["state"] == "completed" and progress["step"] == 20
+    latest = CheckpointStore(store.child("runs", two_id, "checkpoints"), keep_last=3).latest()
+    assert latest is not None and latest.step == 20
+    # Rank 0's commit carries every rank's RNG state (HF saved rank 1's in rank 1's own directory).
+    files = {f["path"] for f in latest.files}
+    assert {"rng_state_0.pth", "rng_state_1.pth", "distributed.json", "optimizer.pt"} <= files
+    assert "rng_state.pth" not in files
+
+
+def test_sigterm_stops_both_ranks_at_one_checkpoint_and_resume_continues_exactly(
+        store: Storage, two_processes: tuple[str, str], tmp_path: Path) -> None:
+    config = quick_config("songs", **PARALLEL)
+    proc = _start(store, config, tmp_path, "--run-id", "evicted", "--resume", "latest")
+    progress = store.child("runs", "evicted")
+    _wait_for(lambda: progress.exists("progress.json")
+              and json.loads(progress.read_text("progress.json"))["step"] >= 4, proc)
+    proc.send_signal(signal.SIGTERM)  # to the launcher only, as the kubelet does: torchrun forwards it
+    code, out, err = _finish(proc)
+    assert code == 143, err[-3000:]
+    assert out == ""
+    stopped = json.loads(progress.read_text("progress.json"))
+    assert stopped["state"] == "interrupted"
+    assert f"error: stopped by SIGTERM at step {stopped['step']}; checkpoint committed" in err
+    checkpoints = CheckpointStore(store.child("runs", "evicted", "checkpoints"), keep_last=3)
+    at = checkpoints.latest()
+    assert at is not None and at.step == stopped["step"] < 20
+    assert stopped["lastCheckpoint"] == at.name
+
+    # One process cannot continue what two started: refused before anything is written.
+    before = sorted(store.child("runs", "evicted").sizes().items())
+    with pytest.raises(WorldSizeChanged, match=rf"{at.name} was trained by 2 process\(es\) and this run has 1: "
+                                               r"the global batch would change from 8 to 4"):
+        Run(config, store, run_id="evicted", resume="latest", display=False).execute()
+    assert sorted(store.child("runs", "evicted").sizes().items()) == before
+
+    code, out, err = _finish(_start(store, config, tmp_path, "--run-id", "evicted", "--resume", "latest"))
+    assert code == 0, err[-3000:]
+    report = json.loads(progress.read_text("report.json"))
+    assert report["resumedFrom"] == at.name and report["steps"] == 20
+    a, b = _metrics(store, two_processes[0]), _metrics(store, "evicted")
+    assert sorted(_by_step(b, "loss")) == list(range(1, 21))  # every step once: none repeated, none lost
+    for key in ("loss", "grad_norm", "eval_loss"):
+        _assert_same(_by_step(a, key), _by_step(b, key), key, tol=1e-4)
+    wa, wb = _adapter(store, two_processes[0], tmp_path), _adapter(store, "evicted", tmp_path)
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-5, rtol=1e-4)

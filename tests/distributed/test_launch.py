@@ -1,0 +1,108 @@
+"""The launcher's decisions without starting anything: topology from config/CLI/env, torchrun's command line,
+which failure is reported, and the run id every worker gets."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from support.trainer import quick_config
+from tunewright.storage import Storage
+from tunewright.training import launch
+from tunewright.training.launch import LaunchError, Topology
+
+MULTI = {launch.NODE_RANK: "1", launch.MASTER_ADDR: "tj-a1-0.tj-a1.ns.svc", launch.MASTER_PORT: "29600"}
+
+
+def test_one_gpu_or_none_is_one_process_and_more_gpus_one_process_each() -> None:
+    assert launch.topology(quick_config("songs"), env={}).world_size == 1
+    assert launch.topology(quick_config("songs", **{"resources.gpus": 1}), env={}).world_size == 1
+    assert launch.topology(quick_config("songs", **{"resources.gpus": 4}), env={}, visible_gpus=4) == Topology(4)
+    assert launch.topology(quick_config("songs"), nproc_per_node=2, env={}) == Topology(2)
+
+
+def test_more_gpus_than_visible_is_refused_unless_the_process_count_is_explicit() -> None:
+    config = quick_config("songs", **{"resources.gpus": 4})
+    with pytest.raises(LaunchError, match=r"resources.gpus = 4 but this machine has 0 visible GPU"):
+        launch.topology(config, env={}, visible_gpus=0)
+    assert launch.topology(config, nproc_per_node=2, env={}, visible_gpus=0) == Topology(2)
+    with pytest.raises(LaunchError, match=r"--nproc-per-node = 0: must be >= 1"):
+        launch.topology(config, nproc_per_node=0, env={})
+
+
+def test_multi_node_topology_comes_from_the_operators_env() -> None:
+    config = quick_config("songs", **{"resources.gpus": 2, "resources.nodes": 3})
+    topo = launch.topology(config, env=MULTI, visible_gpus=2)
+    assert topo == Topology(2, 3, 1, "tj-a1-0.tj-a1.ns.svc", 29600)
+    assert topo.world_size == 6
+    default_port = {k: v for k, v in MULTI.items() if k != launch.MASTER_PORT}
+    assert launch.topology(config, env=default_port, visible_gpus=2).master_port == 29500
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({}, "needs TUNEWRIGHT_NODE_RANK and TUNEWRIGHT_MASTER_ADDR in the environment"),
+    ({launch.MASTER_ADDR: "h"}, "needs TUNEWRIGHT_NODE_RANK in the environment"),
+    ({**MULTI, launch.NODE_RANK: "3"}, r"TUNEWRIGHT_NODE_RANK = 3: must be between 0 and 2"),
+    ({**MULTI, launch.NODE_RANK: "one"}, r"TUNEWRIGHT_NODE_RANK = 'one': must be an integer"),
+    ({**MULTI, launch.MASTER_PORT: "70000"}, r"TUNEWRIGHT_MASTER_PORT = 70000: not a TCP port"),
+])
+def test_multi_node_env_errors_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(LaunchError, match=message):
+        launch.topology(quick_config("songs", **{"resources.nodes": 3}), env=env)
+
+
+def test_torchrun_command_line() -> None:
+    single = launch.torchrun_args(Topology(2), ["--config", "c.yaml"])
+    assert single[:5] == ["--standalone", "--nnodes", "1", "--nproc-per-node", "2"]
+    assert single[-4:] == ["--module", "tunewright.cli.train", "--config", "c.yaml"]
+    assert single[single.index("--max-restarts") + 1] == "0"
+    assert int(single[single.index("--shutdown-timeout") + 1]) >= 600
+    multi = launch.torchrun_args(Topology(4, 2, 1, "master.svc", 29600), ["--quiet"])
+    assert "--standalone" not in multi
+    assert multi[-3:] == ["--module", "tunewright.cli.train", "--quiet"]
+    flags = dict(zip(multi[:-3:2], multi[1:-3:2], strict=True))
+    assert flags == {"--nnodes": "2", "--node-rank": "1", "--master-addr": "master.svc", "--master-port": "29600",
+                     "--rdzv-conf": f"timeout={launch.RENDEZVOUS_SECONDS}", "--nproc-per-node": "4",
+                     "--max-restarts": "0", "--shutdown-timeout": str(launch.SHUTDOWN_SECONDS)}
+
+
+def test_workers_get_the_resolved_run_id_and_a_termination_file_each(root: Storage, tmp_path: Path) -> None:
+    new = launch.resolve_run_id(root, "songs-sft", None, None)
+    assert new.startswith("songs-sft-")
+    assert launch.worker_argv(["--config", "c"], new) == ["--config", "c", "--run-id", new]
+    root.write_text("runs/songs-sft-20260101-000000-aaaa/config.json", "{}")
+    root.write_text("runs/songs-sft-20260102-000000-bbbb/config.json", "{}")
+    root.write_text("runs/songs-sft-20260102-000000-bbbb/result.json", "{}")
+    assert launch.resolve_run_id(root, "songs-sft", None, "latest") == "songs-sft-20260101-000000-aaaa"
+    with pytest.raises(LaunchError, match="no unfinished run of 'other'"):
+        launch.resolve_run_id(root, "other", None, "latest")
+
+    env = {"LOCAL_RANK": "1", "WORLD_SIZE": "4", "RANK": "3", launch.WORKER_LOGS: str(tmp_path)}
+    launch.worker_setup(env)
+    assert env["TUNEWRIGHT_TERMINATION_LOG"] == str(tmp_path / "rank-3")
+    outside = {launch.WORKER_LOGS: str(tmp_path)}
+    launch.worker_setup(outside)  # the launcher itself keeps the pod's termination log
+    assert "TUNEWRIGHT_TERMINATION_LOG" not in outside
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+    time.sleep(0.01)  # distinct mtimes
+
+
+def test_the_failure_reported_is_the_rank_that_failed_first(tmp_path: Path) -> None:
+    _write(tmp_path / "rank-1", "CUDA out of memory on device 1\n")
+    _write(tmp_path / "rank-0", "RuntimeError: Connection closed by peer")
+    failure = launch.first_failure(tmp_path, {0: 1, 1: 3}, 2)
+    assert failure == launch.Failure(3, "rank 1 of 2: CUDA out of memory on device 1")
+
+
+def test_failures_without_a_reason_and_sigterm_stops(tmp_path: Path) -> None:
+    assert launch.first_failure(tmp_path, {1: -9, 0: -9}, 2) == launch.Failure(137, "rank 0 of 2: killed by SIGKILL")
+    _write(tmp_path / "rank-0", "stopped by SIGTERM at step 7; checkpoint committed")
+    _write(tmp_path / "rank-1", "stopped by SIGTERM at step 7; checkpoint committed")
+    assert launch.first_failure(tmp_path, {0: 143, 1: 143}, 2).exit_code == 143
+    assert os.path.exists(tmp_path / "rank-1")

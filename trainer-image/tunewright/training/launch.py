@@ -1,0 +1,215 @@
+"""Start a data-parallel run: `tunewright-train` re-runs itself under torchrun (PyTorch's elastic launcher),
+one worker process per GPU, one launcher per node. HF Trainer/accelerate then set up DDP in each worker
+(NCCL on GPUs, gloo on CPU). No torch at import time: the CLI decides before torch loads.
+
+    processes per node  --nproc-per-node N, else resources.gpus (when > 1), else 1
+    nodes               resources.nodes
+    multi-node env      TUNEWRIGHT_NODE_RANK   this pod's node rank, 0 .. nodes-1 (required)
+                        TUNEWRIGHT_MASTER_ADDR host of node rank 0, e.g. <pod>.<headless service> (required)
+                        TUNEWRIGHT_MASTER_PORT rendezvous port on node rank 0 (default 29500)
+
+A single node uses torchrun's standalone rendezvous (a free local port). Several nodes use its static
+rendezvous: node rank 0 hosts the store at MASTER_ADDR:MASTER_PORT, so each process's global rank is
+node_rank × nproc + local_rank and global rank 0 — the only one that writes the run — is on node 0.
+Workers are recognised by the LOCAL_RANK and WORLD_SIZE torchrun gives them, and never launch again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunewright.config import TrainingConfig
+from tunewright.runs import RESULT, new_run_id
+from tunewright.storage import Storage
+
+NODE_RANK = "TUNEWRIGHT_NODE_RANK"
+MASTER_ADDR = "TUNEWRIGHT_MASTER_ADDR"
+MASTER_PORT = "TUNEWRIGHT_MASTER_PORT"
+DEFAULT_MASTER_PORT = 29500
+# Launcher → workers: the directory where each worker writes its one-line failure reason (rank-<RANK>),
+# so the launcher can report the rank that failed first rather than the peers that lost it.
+WORKER_LOGS = "TUNEWRIGHT_WORKER_LOGS"
+# torchrun waits this long for workers to exit after forwarding SIGTERM (its default, 30 s, could cut a
+# checkpoint upload short); the pod's terminationGracePeriodSeconds is the real limit.
+SHUTDOWN_SECONDS = 3600
+# Static rendezvous: how long node 0 waits for the other pods (image pulls on fresh GPU nodes take a while).
+RENDEZVOUS_SECONDS = 1800
+
+
+class LaunchError(RuntimeError):
+    """A distributed launch that cannot start as configured; the message says what to set."""
+
+
+def in_worker(env: Mapping[str, str] = os.environ) -> bool:
+    return "LOCAL_RANK" in env and "WORLD_SIZE" in env
+
+
+def rank(env: Mapping[str, str] = os.environ) -> int:
+    return int(env.get("RANK", "0"))
+
+
+def world_size(env: Mapping[str, str] = os.environ) -> int:
+    return int(env.get("WORLD_SIZE", "1"))
+
+
+def is_main(env: Mapping[str, str] = os.environ) -> bool:
+    """Global rank 0: the one process that writes the run (checkpoints, metrics, progress, report, registry)."""
+    return rank(env) == 0
+
+
+@dataclass(frozen=True)
+class Topology:
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int = DEFAULT_MASTER_PORT
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise LaunchError(f"{name} is not set")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise LaunchError(f"{name} = {raw!r}: must be an integer") from None
+
+
+def topology(config: TrainingConfig, nproc_per_node: int | None = None,
+             env: Mapping[str, str] = os.environ, visible_gpus: int | None = None) -> Topology:
+    """How many processes on how many nodes, from the config, the CLI and the operator's env."""
+    gpus = config.resources.gpus
+    if nproc_per_node is not None and nproc_per_node < 1:
+        raise LaunchError(f"--nproc-per-node = {nproc_per_node}: must be >= 1")
+    nproc = nproc_per_node or max(gpus, 1)
+    if nproc_per_node is None and gpus > 1 and visible_gpus is not None and visible_gpus < gpus:
+        raise LaunchError(f"resources.gpus = {gpus} but this machine has {visible_gpus} visible GPU(s); "
+                          "lower resources.gpus, or pass --nproc-per-node to run that many processes anyway")
+    nnodes = config.resources.nodes
+    if nnodes == 1:
+        return Topology(nproc)
+    missing = [name for name in (NODE_RANK, MASTER_ADDR) if not env.get(name)]
+    if missing:
+        raise LaunchError(f"resources.nodes = {nnodes} needs {' and '.join(missing)} in the environment (the "
+                          "operator sets them on each pod; by hand: the node's rank and node 0's host name)")
+    node_rank = _int_env(env, NODE_RANK)
+    if not 0 <= node_rank < nnodes:
+        raise LaunchError(f"{NODE_RANK} = {node_rank}: must be between 0 and {nnodes - 1} "
+                          f"(resources.nodes = {nnodes})")
+    port = _int_env(env, MASTER_PORT, DEFAULT_MASTER_PORT)
+    if not 0 < port < 65536:
+        raise LaunchError(f"{MASTER_PORT} = {port}: not a TCP port")
+    return Topology(nproc, nnodes, node_rank, env[MASTER_ADDR], port)
+
+
+def resolve_run_id(root: Storage, name: str, run_id: str | None, resume: str | None) -> str:
+    """The run to write: `run_id` if given, else a new id, or with `resume` the latest unfinished run of
+    `name`. Resolved once, before any worker starts, so that every process writes the same run."""
+    if run_id or not resume:
+        return run_id or new_run_id(name)
+    runs = root.child("runs")
+    unfinished = [r for r in runs.list_dirs() if r.startswith(f"{name}-") and not runs.exists(f"{r}/{RESULT}")]
+    if not unfinished:
+        raise LaunchError(f"no unfinished run of {name!r} to resume in {runs.uri}; pass --run-id")
+    return sorted(unfinished)[-1]
+
+
+def torchrun_args(topo: Topology, worker_args: list[str]) -> list[str]:
+    """torchrun's command line: `tunewright-train <worker_args>` as `python -m`, once per process."""
+    if topo.nnodes == 1:
+        where = ["--standalone", "--nnodes", "1"]
+    else:
+        assert topo.master_addr is not None
+        where = ["--nnodes", str(topo.nnodes), "--node-rank", str(topo.node_rank),
+                 "--master-addr", topo.master_addr, "--master-port", str(topo.master_port),
+                 "--rdzv-conf", f"timeout={RENDEZVOUS_SECONDS}"]
+    return [*where, "--nproc-per-node", str(topo.nproc_per_node),
+            "--max-restarts", "0",  # a failed attempt is retried whole, from the last committed checkpoint
+            "--shutdown-timeout", str(SHUTDOWN_SECONDS),
+            "--module", "tunewright.cli.train", *worker_args]
+
+
+def worker_setup(env: MutableMapping[str, str] = os.environ) -> None:
+    """In a worker: write the failure reason to this rank's file for the launcher to pick from."""
+    logs = env.get(WORKER_LOGS)
+    if logs and in_worker(env):
+        env["TUNEWRIGHT_TERMINATION_LOG"] = str(Path(logs) / f"rank-{rank(env)}")
+
+
+@dataclass(frozen=True)
+class Failure:
+    exit_code: int
+    message: str
+
+
+def _exit_code(code: int) -> int:
+    return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
+
+
+def _describe(code: int) -> str:
+    if code < 0 and -code in {s.value for s in signal.Signals}:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _reasons(logs: Path) -> list[tuple[int, str]]:
+    """(rank, reason) of every worker that wrote one, the earliest written first."""
+    written = sorted((p.stat().st_mtime_ns, int(p.name.removeprefix("rank-")), p) for p in logs.glob("rank-*"))
+    return [(r, " ".join(p.read_text().split()) or "failed") for _, r, p in written]
+
+
+def first_failure(logs: Path, exit_codes: dict[int, int], world: int) -> Failure:
+    """The failure to report, from the workers' exit codes by rank: the rank whose reason was written first
+    (the cause: its peers then fail on a broken collective), else the lowest failed rank. When every
+    failed worker exited 143 (SIGTERM: checkpointed and stopped), so does the launcher."""
+    reasons = _reasons(logs)
+    if reasons:
+        first, text = reasons[0]
+    elif exit_codes:
+        first = min(exit_codes)
+        text = _describe(exit_codes[first])
+    else:
+        first, text = 0, "failed without an exit code"
+    code = _exit_code(exit_codes.get(first, next(iter(exit_codes.values()), 1)))
+    if exit_codes and all(_exit_code(c) == 143 for c in exit_codes.values()):
+        code = 143
+    return Failure(code, f"rank {first} of {world}: {text}")
+
+
+def launch(topo: Topology, worker_args: list[str]) -> Failure | None:
+    """Run the workers under torchrun in this process (its agent forwards SIGTERM/SIGINT to them and
+    waits for them); None when every worker succeeded, else the failure to report."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    with tempfile.TemporaryDirectory(prefix="tunewright-workers-") as tmp:
+        logs = Path(tmp)
+        os.environ[WORKER_LOGS] = tmp
+        try:
+            run(parse_args(torchrun_args(topo, worker_args)))
+            return None
+        except ChildFailedError as err:
+            return first_failure(logs, {r: f.exitcode for r, f in err.failures.items()}, topo.world_size)
+        except SignalException as err:  # forwarded to the workers, which have exited: rank 0 says how
+            reasons = dict(_reasons(logs))
+            return Failure(128 + int(err.sigval), reasons.get(0, f"stopped by {err.sigval.name}"))
+        finally:
+            os.environ.pop(WORKER_LOGS, None)
+
+
+def worker_argv(argv: list[str], run_id: str) -> list[str]:
+    """The workers' CLI arguments: the launcher's own with the resolved run id pinned (the last wins)."""
+    return [*argv, "--run-id", run_id]
