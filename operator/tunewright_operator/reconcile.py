@@ -94,20 +94,20 @@ class Reconciler:
         status = _status(tj)
         pod_name = status.get("podName")
         pod = self.kube.get_pod(tj["metadata"]["namespace"], pod_name) if pod_name else None
+        state = pod_state(pod) if pod else None
         try:
             spec = validation.parse_spec(tj.get("spec") or {})
         except validation.InvalidJob as err:
             return self._invalid(tj, pod, str(err))
+        if state and state.phase == "Succeeded":  # done, even if suspended meanwhile
+            return self._complete(tj, spec)
         if spec.suspend:
             return self._suspend(tj, pod)
         if not pod_name:
             return self._admit(tj, spec)
-        if pod is None:
+        if pod is None or state is None:
             return self._start(tj, spec, int(status.get("attempts") or 0) + 1,
                                note=f"pod {pod_name} disappeared; ")
-        state = pod_state(pod)
-        if state.phase == "Succeeded":
-            return self._complete(tj, spec)
         if state.phase == "Failed":
             return self._failed(tj, spec, state)
         if state.phase in ("Pending", "Running"):
