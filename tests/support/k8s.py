@@ -1,12 +1,17 @@
 """A Kubernetes API for tests: kmock's KubernetesEmulator over HTTP, made a little more like a real API server.
 
-kmock's emulator stores objects as plain JSON and merges patches; a real API server also assigns uid,
-creationTimestamp, resourceVersion and generation, serves the status subresource separately, filters lists by
-label selector and garbage-collects dependents whose owners are gone. `Cluster` adds exactly those, because the
-operator relies on them (ownerReferences need a uid; the queue orders by creationTimestamp; status is written
-through /status). What it still lacks compared with a real cluster: OpenAPI schema validation and defaulting
-(tests validate against the CRD schema separately), admission, RBAC, scheduling, kubelet behaviour (the
-`Kubelet` below plays it), resourceVersion-based optimistic concurrency for merge patches and watch resumption.
+kmock's emulator stores objects as plain JSON and merges patches. `Cluster` adds what the operator, Kopf, the
+official client and kubectl rely on: uid, creationTimestamp, resourceVersion, generation and generateName on
+creation; 201 Created; the status subresource written apart from the rest; label selectors on lists; `kind` on
+lists; 422 when a JSON patch's `test` fails (Kopf's resourceVersion precondition); `/api/v1/namespaces` (list
+and watch), which kmock cannot route; and garbage collection of dependents whose owners are gone.
+
+What it still lacks compared with a real cluster, and how the tests cover it: OpenAPI schema validation and
+defaulting (test_operator_crds.py validates objects against the generated CRD schema), the OpenAPI document
+(kubectl needs --validate=false), server-side table printing (no printer columns in `kubectl get`), admission
+and RBAC (the chart's tests check the Role against the operator's calls), scheduling and the kubelet (the
+`Kubelet` below runs pods as local processes), graceful pod deletion (pods go at once; the kubelet then sends
+SIGTERM), optimistic concurrency for merge patches, field selectors and watch resumption by resourceVersion.
 
 Fixtures: `cluster` (one emulator per test session, in its own thread) and `namespace` (a fresh one per test).
 """
