@@ -2,9 +2,10 @@
 
 kmock's emulator stores objects as plain JSON and merges patches. `Cluster` adds what the operator, Kopf, the
 official client and kubectl rely on: uid, creationTimestamp, resourceVersion, generation and generateName on
-creation; 201 Created; the status subresource written apart from the rest; label selectors on lists; `kind` on
-lists; 422 when a JSON patch's `test` fails (Kopf's resourceVersion precondition); `/api/v1/namespaces` (list
-and watch), which kmock cannot route; and garbage collection of dependents whose owners are gone.
+creation; 201 Created; the status subresource written apart from the rest; label selectors and `kind` on lists;
+the API's Status reasons (NotFound, AlreadyExists, Invalid); 422 when a JSON patch's `test` fails (Kopf's
+resourceVersion precondition); `/api/v1/namespaces` (list and watch), which kmock cannot route; and garbage
+collection of dependents whose owners are gone.
 
 What it still lacks compared with a real cluster, and how the tests cover it: OpenAPI schema validation and
 defaulting (test_operator_crds.py validates objects against the generated CRD schema), the OpenAPI document
@@ -97,6 +98,13 @@ class Cluster(kmock.KubernetesEmulator):
         for requests in (self._requests, *(payload._requests for payload in self._payloads)):
             del requests[:-KEEP_REQUESTS]
         return await super().__call__(raw_request)
+
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        # The API server's Status reasons (clients such as kubectl 1.20 decide by them, not by the HTTP code).
+        reason = {404: "NotFound", 409: "AlreadyExists", 422: "Invalid"}.get(getattr(exc, "status", 0))
+        if isinstance(exc, kmock.KubernetesError) and reason:
+            exc = attrs.evolve(exc, reason=reason)
+        return await super()._render_error(exc)
 
     def _namespaces(self) -> list[dict[str, Any]]:
         names = self.namespaces | {ns for (_, ns, _) in self.objects if ns}
