@@ -111,3 +111,8 @@ def test_ranking_metrics_pairwise_accuracy_and_kendall_tau() -> None:
     # τ per list: perfect 1, reversed −1, one swap of three pairs 1/3, a tie 0; accuracy 3+0+2+0 of 10 pairs.
     assert metrics["ranking/kendall_tau"].item() == pytest.approx((1 - 1 + 1 / 3 + 0) / 4)
     assert metrics["ranking/pairwise_accuracy"].item() == pytest.approx(5 / 10)
+    assert metrics["rewards/accuracies"].item() == pytest.approx(5 / 10)
+    # Best and worst present item of each list; the padded 5.0 is no item.
+    assert metrics["rewards/chosen"].item() == pytest.approx((3 + 1 + 3 + 0) / 4)
+    assert metrics["rewards/rejected"].item() == pytest.approx((1 + 3 + 2 + 0) / 4)
+    assert metrics["rewards/margins"].item() == pytest.approx((4 - 4 + 2 + 0) / 10)

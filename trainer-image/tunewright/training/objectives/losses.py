@@ -80,11 +80,19 @@ def listmle_loss(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def ranking_metrics(rewards: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Pairwise accuracy (share of ordered pairs the rewards order correctly, ties count as wrong) and
-    Kendall's τ-a per list (concordant − discordant pairs over all pairs), averaged over lists."""
+    Kendall's τ-a per list (concordant − discordant pairs over all pairs), averaged over lists; plus DPO's
+    reward metrics read over lists: best ("chosen") and worst ("rejected") sample, mean margin over pairs."""
     pairs = ordered_pairs(mask)
-    sign = torch.sign(rewards[:, :, None] - rewards[:, None, :]) * pairs
+    diff = rewards[:, :, None] - rewards[:, None, :]
+    sign = torch.sign(diff) * pairs
     n_pairs = pairs.sum((-1, -2)).clamp(min=1)
+    accuracy = (sign > 0).sum() / pairs.sum().clamp(min=1)
+    worst = rewards.gather(1, (mask.sum(-1, keepdim=True) - 1).clamp(min=0)).squeeze(1)
     return {
-        "ranking/pairwise_accuracy": (sign > 0).sum() / pairs.sum().clamp(min=1),
+        "ranking/pairwise_accuracy": accuracy,
         "ranking/kendall_tau": (sign.sum((-1, -2)) / n_pairs).mean(),
+        "rewards/chosen": rewards[:, 0].mean(),
+        "rewards/rejected": worst.mean(),
+        "rewards/margins": (diff * pairs).sum() / pairs.sum().clamp(min=1),
+        "rewards/accuracies": accuracy,
     }
