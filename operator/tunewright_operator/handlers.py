@@ -6,6 +6,7 @@ No handler needs a finalizer: owned pods and ConfigMaps go with their TrainingJo
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kopf
@@ -30,7 +31,7 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
 
     @kopf.on.startup()
     def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
-        settings.posting.level = 20  # INFO: our explicit events, not every log line
+        settings.posting.level = logging.INFO  # our explicit events (log lines are not posted)
         settings.watching.server_timeout = 600
         settings.networking.request_timeout = 60
         if rec.settings.metrics_port:
@@ -43,7 +44,10 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
     @kopf.on.event(*tj)
     @metrics.counted("trainingjob")
     def trainingjob_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
-        rec.kick() if type == "DELETED" else rec.reconcile(namespace, name)
+        if type == "DELETED":
+            rec.kick()  # its slot is free
+        else:
+            rec.reconcile(namespace, name)
 
     @kopf.on.event("v1", "pods", labels={**MANAGED_BY, LABEL_JOB: kopf.PRESENT})
     @metrics.counted("pod")
