@@ -183,7 +183,7 @@ def operator_factory(cluster: ClusterThread, namespace: str, tmp_path: Path, sto
     made: list[Operator] = []
 
     def make(*flags: str) -> Operator:
-        op = Operator(cluster.kubeconfig_path, namespace, tmp_path / "operator.log", store.uri, *flags)  # type: ignore[attr-defined]
+        op = Operator(cluster.kubeconfig_path, namespace, tmp_path / "operator.log", store.uri, *flags)
         made.append(op.start())
         return op
 

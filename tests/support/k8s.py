@@ -236,6 +236,7 @@ class ClusterThread:
         self.loop = asyncio.new_event_loop()
         self.cluster: Cluster | None = None
         self.url = ""
+        self.kubeconfig_path = Path()
         self._ready = threading.Event()
         self._stopped: asyncio.Event | None = None
         self._thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),),
@@ -271,6 +272,8 @@ class ClusterThread:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
     def kubeconfig(self, path: Path) -> Path:
+        """Write a kubeconfig for the emulator (also remembered as `kubeconfig_path`)."""
+        self.kubeconfig_path = path
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
             "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
@@ -286,7 +289,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterThread]
     thread = ClusterThread().start()
     assert thread.cluster is not None
     thread.call(load_crds, thread.cluster)
-    thread.kubeconfig_path = thread.kubeconfig(tmp_path_factory.mktemp("kube") / "config")  # type: ignore[attr-defined]
+    thread.kubeconfig(tmp_path_factory.mktemp("kube") / "config")
     yield thread
     thread.stop()
 
