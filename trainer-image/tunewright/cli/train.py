@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, argv: list[str]) -> int:
     config = resolve_config(args)
-    topo = launch.topology(config, args.nproc_per_node, visible_gpus=_visible_gpus(config))
-    if topo.world_size > 1 and not launch.in_worker():
-        return distributed(args, config, topo, argv)
+    if not launch.in_worker():
+        topo = launch.topology(config, args.nproc_per_node, visible_gpus=_visible_gpus(config))
+        if topo.world_size > 1:
+            return distributed(args, config, topo, argv)
     launch.worker_setup()
     from tunewright.training.run import Run, TrainingInterrupted  # torch loads only after the config is valid
 
@@ -73,7 +74,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> int:
                       args.metrics_port or None, display=not args.quiet).execute()
     except TrainingInterrupted as err:
         return fail(str(err), 143)
-    if outcome.result is not None:  # None on the ranks other than 0 of a multi-process run
+    if outcome.result is not None and launch.is_main():  # one line, from rank 0 of a multi-process run
         print(outcome.result.adapter_uri)
     return 0
 
