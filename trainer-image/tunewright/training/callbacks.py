@@ -41,6 +41,11 @@ class EpochEndCallback(TrainerCallback):
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
+        if self.saved_step == state.global_step:
+            # HF's "epoch" strategy (DefaultFlowCallback, which runs before us) would save this step again,
+            # racing the first save's background commit and local cleanup.
+            control.should_save = control.should_evaluate = False
+            return
         self._request(state, control)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
