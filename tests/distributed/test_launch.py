@@ -4,6 +4,9 @@ which failure is reported, and the run id every worker gets."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -102,7 +105,21 @@ def test_the_failure_reported_is_the_rank_that_failed_first(tmp_path: Path) -> N
 
 def test_failures_without_a_reason_and_sigterm_stops(tmp_path: Path) -> None:
     assert launch.first_failure(tmp_path, {1: -9, 0: -9}, 2) == launch.Failure(137, "rank 0 of 2: killed by SIGKILL")
+    # Rank 1 exited by itself; torchrun then stopped rank 0 with SIGTERM.
+    assert launch.first_failure(tmp_path, {0: -15, 1: 2}, 2) == launch.Failure(2, "rank 1 of 2: exited with code 2")
     _write(tmp_path / "rank-0", "stopped by SIGTERM at step 7; checkpoint committed")
     _write(tmp_path / "rank-1", "stopped by SIGTERM at step 7; checkpoint committed")
     assert launch.first_failure(tmp_path, {0: 143, 1: 143}, 2).exit_code == 143
     assert os.path.exists(tmp_path / "rank-1")
+
+
+def test_workers_failing_under_torchrun_report_one_line_and_their_exit_code(tmp_path: Path) -> None:
+    # Real torchrun, two real workers that fail at once (their config file is missing): no torch in them.
+    code = ("import sys; from tunewright.training import launch; "
+            "f = launch.launch(launch.Topology(2), ['--config', sys.argv[1]]); "
+            "print(f.message); sys.exit(f.exit_code)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.yaml")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert re.fullmatch(r"rank [01] of 2: invalid .*missing\.yaml: cannot read .*missing\.yaml: "
+                        r"No such file or directory\n", out.stdout), out.stdout

@@ -53,6 +53,7 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    launch.worker_setup()  # before anything can fail
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "botocore", "urllib3", "transformers", "accelerate"):
@@ -66,7 +67,6 @@ def train(args: argparse.Namespace, argv: list[str]) -> int:
         topo = launch.topology(config, args.nproc_per_node, visible_gpus=_visible_gpus(config))
         if topo.world_size > 1:
             return distributed(args, config, topo, argv)
-    launch.worker_setup()
     from tunewright.training.run import Run, TrainingInterrupted  # torch loads only after the config is valid
 
     try:

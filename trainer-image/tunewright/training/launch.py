@@ -172,13 +172,13 @@ def _reasons(logs: Path) -> list[tuple[int, str]]:
 
 def first_failure(logs: Path, exit_codes: dict[int, int], world: int) -> Failure:
     """The failure to report, from the workers' exit codes by rank: the rank whose reason was written first
-    (the cause: its peers then fail on a broken collective), else the lowest failed rank. When every
-    failed worker exited 143 (SIGTERM: checkpointed and stopped), so does the launcher."""
+    (the cause: its peers then fail on a broken collective), else the lowest rank that exited by itself.
+    When every failed worker exited 143 (SIGTERM: checkpointed and stopped), so does the launcher."""
     reasons = _reasons(logs)
     if reasons:
         first, text = reasons[0]
-    elif exit_codes:
-        first = min(exit_codes)
+    elif exit_codes:  # a rank that exited by itself, before one that torchrun then stopped with a signal
+        first = min(exit_codes, key=lambda r: (exit_codes[r] < 0, r))
         text = _describe(exit_codes[first])
     else:
         first, text = 0, "failed without an exit code"
