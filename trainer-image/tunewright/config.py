@@ -123,7 +123,8 @@ class RankingParams(Spec):
 
     loss: Literal["margin", "listwise"] = Field("margin", description="margin: pairwise margin ranking; "
                                                 "listwise: Plackett-Luce (ListMLE).")
-    margin: float = Field(0.0, ge=0, le=1e3, description="Margin for the pairwise loss.")
+    margin: float = Field(0.5, ge=0, le=1e3, description="Margin for the pairwise loss. With 0 the loss has no "
+                          "gradient while all rewards are equal (at the start), unless sftWeight > 0.")
     beta: float = Field(0.1, gt=0, le=100, description="Implicit reward scale β·(log π − log π_ref).")
     sft_weight: float = Field(0.0, ge=0, le=1e3, description="Weight of an SFT term on the best sample.")
 
@@ -148,7 +149,8 @@ class ResourceParams(Spec):
                                description="Memory request and limit, e.g. '32Gi'.")
     node_selector: dict[str, str] | None = Field(None, description="Node labels the pod must match.")
     tolerations: list[Toleration] | None = Field(None, description="Tolerations (e.g. for GPU taints).")
-    priority_class_name: str | None = Field(None, description="PriorityClass of the pod; also orders the queue.")
+    priority_class_name: str | None = Field(
+        None, description="PriorityClass of the trainer pods (the queue is ordered by spec.priority).")
 
 
 class TrainingConfig(Spec):
