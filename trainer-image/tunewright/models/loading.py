@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from tunewright.models.presets import PRESETS, materialise, preset_cache
+from tunewright.models.presets import PRESETS, build_once, materialise, preset_cache
 from tunewright.storage import open_storage
 
 
@@ -27,13 +27,14 @@ def resolve(ref: str) -> str:
 
 def _download(uri: str) -> Path:
     """Copy a model directory from object storage into the local cache (once per URI)."""
-    target = preset_cache().parent / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if not (target / "config.json").exists():
-        storage = open_storage(uri)
+    storage = open_storage(uri)
+
+    def download(tmp: Path) -> None:
         if not storage.list(""):
             raise ModelLoadError(f"no model files under {uri}")
-        storage.download_dir("", target)
-    return target
+        storage.download_dir("", tmp)
+
+    return build_once(preset_cache().parent / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16], download)
 
 
 def load_base(ref: str, revision: str | None = None) -> tuple[Any, Any, str]:

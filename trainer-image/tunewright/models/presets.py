@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,25 +56,33 @@ def builder_digest() -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:10]
 
 
-def materialise(name: str) -> Path:
-    """The directory holding preset `name`, building it on first use (atomically)."""
-    target = preset_cache() / f"{name}-{builder_digest()}"
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target`, built by `build(tmp)` into a private sibling directory and renamed into place, so concurrent
+    processes (several ranks, retried pods) never see a half-written directory."""
     if (target / "config.json").exists():
         return target
-    state = torch.random.get_rng_state()
-    torch.manual_seed(1234)
-    try:
-        model, processor = PRESETS[name]()
-    finally:
-        torch.random.set_rng_state(state)
-    tmp = target.with_name(f".{name}.{os.getpid()}")
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(target)
     except OSError:  # another process won the race; its copy is identical
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def materialise(name: str) -> Path:
+    """The directory holding preset `name`, built on first use from a fixed seed."""
+
+    def build(tmp: Path) -> None:
+        state = torch.random.get_rng_state()
+        torch.manual_seed(1234)
+        try:
+            model, processor = PRESETS[name]()
+        finally:
+            torch.random.set_rng_state(state)
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+
+    return build_once(preset_cache() / f"{name}-{builder_digest()}", build)

@@ -108,7 +108,8 @@ class RunLogCallback(TrainerCallback):
         self.progress.total_steps = state.max_steps
         self.display.start(state.max_steps, state.global_step)
 
-    def _throughput(self, state: TrainerState) -> dict[str, float]:
+    def _throughput(self, state: TrainerState, world_size: int) -> dict[str, float]:
+        """Since the last log. Token counts are this rank's: data parallelism multiplies them by the world size."""
         now, step, tokens = time.monotonic(), state.global_step, self.trainer.tokens_seen
         assert self._mark is not None
         t0, s0, k0 = self._mark
@@ -116,13 +117,13 @@ class RunLogCallback(TrainerCallback):
         if now <= t0 or step <= s0:
             return {}
         return {"samples_per_second": (step - s0) * self.samples_per_step / (now - t0),
-                "tokens_per_second": (tokens - k0) / (now - t0)}
+                "tokens_per_second": (tokens - k0) * world_size / (now - t0)}
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         logs = dict(logs or {})
         if "loss" in logs:
-            logs.update(self._throughput(state))
+            logs.update(self._throughput(state, args.world_size))
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "timestamp": now_iso(),
                   "total_steps": state.max_steps, **logs}
         self.display.log(record)
