@@ -19,24 +19,34 @@ from bench.sides import run_tunewright, tunewright_config
 
 
 class StepDurations(StepClock):
-    """A StepClock that also keeps every step's end time (one save happens between step K and K+1)."""
+    """A StepClock that also keeps each step's end time and the gap before the next step begins (where HF
+    logs and saves: a checkpoint's synchronous part lands in the gap after step K)."""
 
     def __init__(self, warmup: int):
         super().__init__(warmup)
         self.ends: dict[int, float] = {}
+        self.gaps: dict[int, float] = {}
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step in self.ends:
+            self.gaps[state.global_step] = self.now() - self.ends[state.global_step]
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         super().on_step_end(args, state, control, **kwargs)
         self.ends[state.global_step] = self.now()
 
-    def cost_per_save(self, every: int) -> float | None:
-        window = [s for s in sorted(self.ends) if s > self.warmup + 1]
-        durations = {s: self.ends[s] - self.ends[s - 1] for s in window if s - 1 in self.ends}
-        saves = [s for s in durations if (s - 1) % every == 0]
-        if not saves:
-            return None
-        typical = statistics.median(d for s, d in durations.items() if s not in saves)
-        return sum(d - typical for d in durations.values()) / len(saves)
+    def per_save(self, every: int) -> dict[str, float | None]:
+        """Seconds per checkpoint: in total (every step duration above the median one, summed over the window,
+        per checkpoint: includes the background upload slowing later steps) and in the synchronous save."""
+        steps = sorted(s for s in self.ends if s > self.warmup + 1 and s - 1 in self.ends)
+        durations = {s: self.ends[s] - self.ends[s - 1] for s in steps}
+        saved = [s for s in durations if (s - 1) % every == 0]
+        if not saved:
+            return {"seconds_per_checkpoint": None, "sync_seconds_per_checkpoint": None}
+        typical = statistics.median(d for s, d in durations.items() if s not in saved)
+        gap = statistics.median(g for s, g in self.gaps.items() if s % every)
+        return {"seconds_per_checkpoint": sum(d - typical for d in durations.values()) / len(saved),
+                "sync_seconds_per_checkpoint": statistics.median(self.gaps[s - 1] - gap for s in saved)}
 
 
 def _run(p: dict[str, Any], every: int | None) -> dict[str, Any]:
@@ -51,8 +61,7 @@ def _run(p: dict[str, Any], every: int | None) -> dict[str, Any]:
     root = f"s3://{os.environ['TUNEWRIGHT_BENCH_BUCKET']}/ckpt-{uuid.uuid4().hex[:8]}"
     run_tunewright(config, rows, "rated", hook, root_uri=root)
     clock = seen["clock"]
-    return {"steps_per_s": clock.steps_per_second(),
-            "seconds_per_checkpoint": clock.cost_per_save(every) if every else None}
+    return {"steps_per_s": clock.steps_per_second(), **(clock.per_save(every) if every else {})}
 
 
 def with_checkpoints(p: dict[str, Any]) -> dict[str, Any]:
