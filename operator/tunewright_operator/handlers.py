@@ -1,6 +1,6 @@
 """The Kopf handlers: each one only routes an event to the reconciler (the logic is in reconcile.py).
 
-No handler needs a finalizer: owned pods and ConfigMaps go with their TrainingJob by ownerReference
+No handler needs a finalizer: owned pods, Services and ConfigMaps go with their TrainingJob by ownerReference
 (Kubernetes' garbage collector), and Adapters are meant to outlive it.
 """
 

@@ -69,7 +69,7 @@ class Kube:
             return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
         return existing
 
-    # --- pods, config maps, secrets ---
+    # --- pods, services, config maps, secrets ---
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -97,6 +97,20 @@ class Kube:
     def delete_pod(self, namespace: str, name: str) -> None:
         try:
             self.core.delete_namespaced_pod(name, namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def ensure_service(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            self.core.create_namespaced_service(namespace, body)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_service(name, namespace)
         except ApiException as err:
             if err.status != 404:
                 raise

@@ -43,12 +43,24 @@ def node_pod_name(job: str, attempt: int, rank: int) -> str:
     return f"{pods.pod_name(job, attempt)}-{rank}"
 
 
+def pod_names(job: str, attempt: int, nodes: int) -> list[str]:
+    """The attempt's pod names in rank order (the single pod's own name for one node)."""
+    if nodes == 1:
+        return [pods.pod_name(job, attempt)]
+    return [node_pod_name(job, attempt, rank) for rank in range(nodes)]
+
+
 def master_addr(tj: dict[str, Any], attempt: int) -> str:
     return f"node-0.{service_name(tj['metadata']['name'], attempt)}.{tj['metadata']['namespace']}.svc"
 
 
 def _attempt_labels(tj: dict[str, Any], attempt: int) -> dict[str, str]:
     return {pods.LABEL_JOB: tj["metadata"]["name"], pods.LABEL_ATTEMPT: str(attempt)}
+
+
+def attempt_selector(tj: dict[str, Any], attempt: int) -> str:
+    """Label selector for every pod of one attempt (however many nodes)."""
+    return ",".join(f"{k}={v}" for k, v in {**pods.MANAGED_BY, **_attempt_labels(tj, attempt)}.items())
 
 
 def rendezvous_service(tj: dict[str, Any], attempt: int) -> dict[str, Any]:

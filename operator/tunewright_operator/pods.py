@@ -111,6 +111,9 @@ def pod(tj: dict[str, Any], spec: Any, attempt: int, run: str, storage_uri: str,
         "volumes": [{"name": "config", "configMap": {"name": config_map_name(name)}},
                     {"name": "scratch", "emptyDir": {}}],
     }
+    if res.gpus > 1:  # NCCL's shared-memory transport needs more than the runtime's default 64 MB /dev/shm
+        container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+        pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     if res.node_selector:
         pod_spec["nodeSelector"] = res.node_selector
     if res.tolerations:

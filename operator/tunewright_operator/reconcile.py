@@ -17,7 +17,7 @@ from typing import Any
 
 from tunewright.registry import Registry
 from tunewright.runs import RunStore
-from tunewright_operator import adapters, metrics, pods, queue, stores, validation
+from tunewright_operator import adapters, metrics, multinode, pods, queue, stores, validation
 from tunewright_operator.kube import TRAININGJOBS, Kube
 from tunewright_operator.models import TERMINAL_PHASES, TrainingJobSpec
 from tunewright_operator.podstate import PodState, pod_state
@@ -32,6 +32,10 @@ Emit = Callable[[dict[str, Any], str, str, str], None]
 
 def _status(tj: dict[str, Any]) -> dict[str, Any]:
     return tj.get("status") or {}
+
+
+def _pods_text(names: list[str]) -> str:
+    return f"pod {names[0]}" if len(names) == 1 else f"pods {', '.join(names)}"
 
 
 class Reconciler:
@@ -92,40 +96,65 @@ class Reconciler:
     def _step(self, tj: dict[str, Any]) -> bool:
         """Advance one job; True when it gave up a slot (finished or suspended)."""
         status = _status(tj)
-        pod_name = status.get("podName")
-        pod = self.kube.get_pod(tj["metadata"]["namespace"], pod_name) if pod_name else None
-        state = pod_state(pod) if pod else None
         try:
             spec = validation.parse_spec(tj.get("spec") or {})
         except validation.InvalidJob as err:
-            return self._invalid(tj, pod, str(err))
+            return self._invalid(tj, str(err))
+        state = self._attempt_state(tj, spec) if status.get("podName") else None
         if state and state.phase == "Succeeded":  # done, even if suspended meanwhile
             return self._complete(tj, spec)
         if spec.suspend:
-            return self._suspend(tj, pod)
-        if not pod_name:
+            return self._suspend(tj)
+        if state is None:
             return self._admit(tj, spec)
-        if pod is None or state is None:
-            return self._start(tj, spec, int(status.get("attempts") or 0) + 1,
-                               note=f"pod {pod_name} disappeared; ")
+        if state.phase == "Missing":
+            if spec.resources.nodes > 1:
+                self._delete_attempt(tj)  # the other nodes would wait for the lost one forever
+            return self._start(tj, spec, int(status.get("attempts") or 0) + 1, note=f"{state.message}; ")
         if state.phase == "Failed":
             return self._failed(tj, spec, state)
         if state.phase in ("Pending", "Running"):
             self._write(tj, {"phase": "Running"})
         return False
 
-    def _invalid(self, tj: dict[str, Any], pod: dict[str, Any] | None, message: str) -> bool:
-        if pod is not None:
-            self.kube.delete_pod(tj["metadata"]["namespace"], pod["metadata"]["name"])
+    def _attempt_state(self, tj: dict[str, Any], spec: TrainingJobSpec) -> PodState:
+        """The current attempt's pod state; for several nodes, all its pods' together."""
+        namespace, name = queue.key(tj)
+        status = _status(tj)
+        if spec.resources.nodes == 1:
+            pod = self.kube.get_pod(namespace, status["podName"])
+            return pod_state(pod) if pod else PodState("Missing", message=f"pod {status['podName']} disappeared")
+        attempt = int(status.get("attempts") or 1)
+        found = {p["metadata"]["name"]: p
+                 for p in self.kube.list_pods((namespace,), multinode.attempt_selector(tj, attempt))}
+        names = multinode.pod_names(name, attempt, spec.resources.nodes)
+        return multinode.attempt_state({n: found.get(n) for n in names})
+
+    def _delete_attempt(self, tj: dict[str, Any]) -> list[str]:
+        """Delete the current attempt's pods (all nodes) and its rendezvous Service; the pods' names."""
+        status = _status(tj)
+        if not status.get("podName"):
+            return []
+        namespace, name = queue.key(tj)
+        attempt = int(status.get("attempts") or 1)
+        names = sorted(p["metadata"]["name"]
+                       for p in self.kube.list_pods((namespace,), multinode.attempt_selector(tj, attempt)))
+        for pod in names:
+            self.kube.delete_pod(namespace, pod)
+        self.kube.delete_service(namespace, multinode.service_name(name, attempt))
+        return names
+
+    def _invalid(self, tj: dict[str, Any], message: str) -> bool:
+        self._delete_attempt(tj)
         self.emit(tj, "Warning", "InvalidSpec", message)
         self._finish(tj, "Failed", message, "InvalidSpec")
         return True
 
-    def _suspend(self, tj: dict[str, Any], pod: dict[str, Any] | None) -> bool:
+    def _suspend(self, tj: dict[str, Any]) -> bool:
         status = _status(tj)
-        if pod is not None:
-            self.kube.delete_pod(tj["metadata"]["namespace"], pod["metadata"]["name"])
-            self.emit(tj, "Normal", "Suspended", f"deleted pod {pod['metadata']['name']}; the trainer "
+        deleted = self._delete_attempt(tj)
+        if deleted:
+            self.emit(tj, "Normal", "Suspended", f"deleted {_pods_text(deleted)}; the trainer "
                       "checkpoints on SIGTERM and the next attempt resumes from there")
         suspended = condition(status, "Suspended")
         if status.get("phase") == "Queued" and suspended and suspended["status"] == "True":
@@ -142,12 +171,12 @@ class Reconciler:
         """A waiting job: start it if the queue allows, else record its place."""
         namespace, name = queue.key(tj)
         attempt = int(_status(tj).get("attempts") or 0) + 1
-        if self.kube.get_pod(namespace, pods.pod_name(name, attempt)) is not None:
+        if self.kube.get_pod(namespace, multinode.pod_names(name, attempt, spec.resources.nodes)[0]) is not None:
             return self._start(tj, spec, attempt)  # started just before a restart lost the status write
         try:
             config = self._prepare(tj, spec)
         except validation.InvalidJob as err:
-            return self._invalid(tj, None, str(err))
+            return self._invalid(tj, str(err))
         with self._admission:
             tjs, owners = self._cluster_state()
             if (namespace, name) in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners):
@@ -166,7 +195,6 @@ class Reconciler:
 
     def _prepare(self, tj: dict[str, Any], spec: TrainingJobSpec) -> Any:
         """Checks that need the cluster or storage (once, before the first start)."""
-        validation.check_resources(spec)
         config = validation.trainer_config(self.kube, tj["metadata"]["namespace"], spec)
         if not _status(tj).get("attempts"):
             validation.check_dataset(config, self._storage(tj, spec))
@@ -178,21 +206,26 @@ class Reconciler:
         extra = extra or {}
         run = status.get("runId") or pods.run_id(meta["namespace"], meta["name"], meta["uid"])
         uri = validation.storage_uri(spec, self.settings.storage)
-        pod = self.kube.ensure_pod(meta["namespace"], pods.pod(tj, spec, attempt, run, uri, self.settings))
+        members = multinode.pod_set(tj, spec, attempt, run, uri, self.settings)
+        if len(members) > 1:
+            self.kube.ensure_service(meta["namespace"], multinode.rendezvous_service(tj, attempt))
+        names = [self.kube.ensure_pod(meta["namespace"], member)["metadata"]["name"] for member in members]
         conditions = set_condition(extra.get("conditions", status.get("conditions")), "Admitted", True,
-                                   "SlotAssigned", f"pod {pod['metadata']['name']}")
+                                   "SlotAssigned", _pods_text(names))
         if condition(status, "Suspended"):
             conditions = set_condition(conditions, "Suspended", False, "Resumed", "spec.suspend is false")
         resumed = "" if attempt == 1 else " (resumes from the latest checkpoint)"
         self._write(tj, {
-            **extra, "phase": "Running", "attempts": attempt, "podName": pod["metadata"]["name"], "runId": run,
+            **extra, "phase": "Running", "attempts": attempt, "podName": names[0], "runId": run,
             "startTime": status.get("startTime") or now(), "conditions": conditions,
-            "message": f"{note}attempt {attempt}: pod {pod['metadata']['name']}{resumed}",
+            "message": f"{note}attempt {attempt}: {_pods_text(names)}{resumed}",
         })
         return False
 
     def _failed(self, tj: dict[str, Any], spec: TrainingJobSpec, state: PodState) -> bool:
         status = _status(tj)
+        if spec.resources.nodes > 1:
+            self._delete_attempt(tj)  # the other nodes wait on the failed one in a collective
         attempt, failures = int(status.get("attempts") or 1), int(status.get("failures") or 0) + 1
         what = f"attempt {attempt} {'disrupted' if state.disrupted else 'failed'} ({state.describe()})"
         extra = {"failures": failures, "conditions": set_condition(

@@ -32,12 +32,6 @@ def storage_uri(spec: TrainingJobSpec, default: str) -> str:
     return uri
 
 
-def check_resources(spec: TrainingJobSpec) -> None:
-    if spec.resources.nodes > 1:
-        raise InvalidJob(f"spec.resources.nodes = {spec.resources.nodes}: multi-node training is not "
-                         "supported by this operator version; use nodes: 1")
-
-
 def trainer_config(kube: Kube, namespace: str, spec: TrainingJobSpec) -> TrainingConfig:
     """The trainer's config file: the spec minus operator-only fields, with a Dataset resource's id resolved
     to its URI (the adapter name is pinned first, since its default derives from the dataset id)."""

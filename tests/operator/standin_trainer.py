@@ -2,7 +2,8 @@
 
 Same flags, same run layout (progress.json, committed checkpoints, report.json, registry record, result.json),
 same exit codes (0; 1 with the reason in TUNEWRIGHT_TERMINATION_LOG; 143 after a checkpoint on SIGTERM),
-same idempotent retry (result.json present → exit 0). Its "training" is sleeping through steps.
+same idempotent retry (result.json present → exit 0), only node 0 writes (TUNEWRIGHT_NODE_RANK). Its
+"training" is sleeping through steps.
 
 Test knobs (environment, set by the kubelet harness, never by the operator):
     STANDIN_STEP_SECONDS   seconds per step (default 0.05)
@@ -56,6 +57,16 @@ def should_fail(run: RunStore, step: int) -> bool:
     return True
 
 
+def other_node(total: int) -> int:
+    """A node other than node 0 (TUNEWRIGHT_NODE_RANK > 0) trains along and writes nothing: only global rank 0
+    writes the run. Here it sleeps through the steps."""
+    for _ in range(total):
+        if stop:
+            return fail("interrupted by SIGTERM", 143)
+        time.sleep(float(os.environ.get("STANDIN_STEP_SECONDS", "0.05")))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     for flag in ("--config", "--storage", "--run-id", "--resume", "--metrics-port", "--dataset"):
@@ -69,6 +80,8 @@ def main() -> int:
     if run.read_result() is not None:
         return 0
     total = config.training.max_steps or 20
+    if int(os.environ.get("TUNEWRIGHT_NODE_RANK", "0")):
+        return other_node(total)
     every = config.checkpointing.every_steps or 5
     store = CheckpointStore(run.checkpoints, keep_last=config.checkpointing.keep_last, background=False)
     latest = store.latest() if args.resume == "latest" else None

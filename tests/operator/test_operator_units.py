@@ -8,7 +8,7 @@ import pytest
 
 from tunewright.config import validate
 from tunewright.ids import check_id
-from tunewright_operator import pods, queue
+from tunewright_operator import multinode, pods, queue
 from tunewright_operator.models import TrainingJobSpec
 from tunewright_operator.podstate import pod_state
 from tunewright_operator.settings import Settings
@@ -55,6 +55,18 @@ def test_pod_manifest() -> None:
     assert podspec["nodeSelector"] == {"gpu": "a100"} and podspec["priorityClassName"] == "training"
     assert podspec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert {"name": "config", "configMap": {"name": "tune-config"}} in podspec["volumes"]
+
+
+@pytest.mark.parametrize(("gpus", "nodes", "shm"), [(0, 1, False), (1, 1, False), (2, 1, True), (4, 2, True)])
+def test_several_gpus_get_an_in_memory_dev_shm(gpus: int, nodes: int, shm: bool) -> None:
+    """NCCL's shared-memory transport needs more than the container runtime's 64 MB /dev/shm."""
+    s = spec(resources={"gpus": gpus, "nodes": nodes})
+    for pod in multinode.pod_set(TJ, s, 1, "r", "file:///x", Settings()):
+        mounts = {m["mountPath"]: m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert ("/dev/shm" in mounts) is shm
+        if shm:
+            assert volumes[mounts["/dev/shm"]] == {"name": "dshm", "emptyDir": {"medium": "Memory"}}
 
 
 def test_cpu_pod_requests_no_gpu() -> None:

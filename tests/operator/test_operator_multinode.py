@@ -1,0 +1,55 @@
+"""A multi-node TrainingJob end to end with the stand-in trainer: one pod per node plus a headless Service per
+attempt, all owned by the job; the attempt succeeds when every pod does and fails as a whole when one does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from support.k8s import wait_for
+from tunewright.runs import RunStore
+
+SPEC: dict[str, Any] = {"dataset": {"id": "songs"}, "resources": {"nodes": 2}, "training": {"maxSteps": 30},
+                        "checkpointing": {"everySteps": 4}}
+
+
+def env(pod: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
+
+
+def services(k8s: Any) -> list[str]:
+    return sorted(s.metadata.name for s in k8s.core.list_namespaced_service(k8s.namespace).items)
+
+
+def test_one_node_failing_fails_the_attempt_and_the_retry_runs_every_node_again(store, k8s, operator_factory,
+                                                                                  kubelet_factory):
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
+    operator_factory()
+    uid = k8s.create("trainingjobs", "wide", SPEC)["metadata"]["uid"]
+    wait_for(lambda: {"wide-a1-0", "wide-a1-1"} <= set(kubelet.pods), 20, "both nodes of attempt 1 to start")
+    assert k8s.status("wide")["podName"] == "wide-a1-0"
+    assert services(k8s) == ["wide-a1"]
+    service = k8s.core.read_namespaced_service("wide-a1", k8s.namespace)
+    assert service.spec.cluster_ip == "None" and [o.uid for o in service.metadata.owner_references] == [uid]
+    for rank, pod in enumerate(sorted(k8s.pods(), key=lambda p: p["metadata"]["name"])):
+        assert [o["uid"] for o in pod["metadata"]["ownerReferences"]] == [uid]
+        assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == (f"node-{rank}", "wide-a1")
+        e = env(pod)
+        assert (e["TUNEWRIGHT_NODE_RANK"], e["TUNEWRIGHT_MASTER_ADDR"], e["TUNEWRIGHT_MASTER_PORT"]) == (
+            str(rank), f"node-0.wide-a1.{k8s.namespace}.svc", "29500")
+
+    run = RunStore(store, k8s.status("wide")["runId"])
+    wait_for(lambda: (p := run.read_progress()) is not None and p.step >= 6, 20, "step 6", interval=0.02)
+    kubelet.kill("wide-a1-1")  # node 1 dies: node 0 alone cannot go on
+    wait_for(lambda: k8s.status("wide").get("podName") == "wide-a2-0", 20, "attempt 2")
+    failed = next(c for c in k8s.status("wide")["conditions"] if c["type"] == "PodFailed")
+    assert failed["reason"] == "TrainerError" and "attempt 1 failed" in failed["message"]
+    assert "pod wide-a1-1" in failed["message"]
+    wait_for(lambda: kubelet.pods["wide-a1-0"].exited(), 20, "node 0 of attempt 1 to be stopped")
+    assert kubelet.pods["wide-a1-0"].proc.returncode == 143  # deleted: SIGTERM → checkpoint → 143
+
+    done = k8s.wait_phase("wide", "Succeeded", timeout=30)
+    assert (done["attempts"], done["failures"]) == (2, 1)
+    assert k8s.pod_names() == ["wide-a2-0", "wide-a2-1"] and services(k8s) == ["wide-a2"]
+    assert all(kubelet.pods[p].proc.returncode == 0 for p in ("wide-a2-0", "wide-a2-1"))
+    assert (run.read_report() or {})["resumedFrom"] not in (None, "checkpoint-0")
+    assert [a["metadata"]["name"] for a in k8s.list("adapters")] == ["songs-sft-v1"]
