@@ -20,7 +20,7 @@ def services(k8s: Any) -> list[str]:
     return sorted(s.metadata.name for s in k8s.core.list_namespaced_service(k8s.namespace).items)
 
 
-def test_one_node_failing_fails_the_attempt_and_the_retry_runs_every_node_again(store, k8s, operator_factory,
+def test_one_node_failing_fails_the_attempt_and_every_node_is_restarted_together(store, k8s, operator_factory,
                                                                                   kubelet_factory):
     kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
     operator_factory()
@@ -47,9 +47,16 @@ def test_one_node_failing_fails_the_attempt_and_the_retry_runs_every_node_again(
     wait_for(lambda: kubelet.pods["wide-a1-0"].exited(), 20, "node 0 of attempt 1 to be stopped")
     assert kubelet.pods["wide-a1-0"].proc.returncode == 143  # deleted: SIGTERM → checkpoint → 143
 
+    # Suspending removes every node's pod and the Service; resuming starts all nodes again.
+    wait_for(lambda: {"wide-a2-0", "wide-a2-1"} <= set(kubelet.pods), 20, "both nodes of attempt 2 to start")
+    k8s.patch_spec("trainingjobs", "wide", {"suspend": True})
+    wait_for(lambda: not k8s.pods() and not services(k8s), 20, "attempt 2's pods and Service to go")
+    assert k8s.wait_phase("wide", "Queued", timeout=10).get("podName") is None
+    k8s.patch_spec("trainingjobs", "wide", {"suspend": False})
+
     done = k8s.wait_phase("wide", "Succeeded", timeout=30)
-    assert (done["attempts"], done["failures"]) == (2, 1)
-    assert k8s.pod_names() == ["wide-a2-0", "wide-a2-1"] and services(k8s) == ["wide-a2"]
-    assert all(kubelet.pods[p].proc.returncode == 0 for p in ("wide-a2-0", "wide-a2-1"))
+    assert (done["attempts"], done["failures"]) == (3, 1)
+    assert k8s.pod_names() == ["wide-a3-0", "wide-a3-1"] and services(k8s) == ["wide-a3"]
+    assert all(kubelet.pods[p].proc.returncode == 0 for p in ("wide-a3-0", "wide-a3-1"))
     assert (run.read_report() or {})["resumedFrom"] not in (None, "checkpoint-0")
     assert [a["metadata"]["name"] for a in k8s.list("adapters")] == ["songs-sft-v1"]
