@@ -53,7 +53,7 @@ def test_real_trainer_resumes_a_killed_pod_and_publishes_the_adapter(k8s, s3_roo
 
     progress = wait_for(after_a_checkpoint, 180, "a committed checkpoint", interval=0.1)
     kubelet.kill("tiny-a1", signal.SIGKILL)
-    killed_at = progress.step  # at least; progress.json on S3 is flushed every few seconds
+    reported = int(progress.last_checkpoint.rsplit("-", 1)[1])
     wait_for(lambda: kubelet.pods["tiny-a1"].exited(), 10, "the kill")
     committed = CheckpointStore(run.checkpoints, keep_last=3, background=False).latest()
     assert committed is not None
@@ -64,7 +64,9 @@ def test_real_trainer_resumes_a_killed_pod_and_publishes_the_adapter(k8s, s3_roo
     failure = next(c for c in done["conditions"] if c["type"] == "PodFailed")
     assert failure["reason"] == "TrainerError" and "exit code 137" in failure["message"]
     assert (run.read_report() or {})["resumedFrom"] == committed.name  # the latest committed checkpoint
-    assert killed_at - committed.step <= every  # at most a checkpoint interval is trained again
+    # Nothing committed is lost; a checkpoint still uploading in the background at the kill may be (it has no
+    # manifest), so the retrained span is not bounded by one interval.
+    assert committed.step >= reported
     assert (done["step"], done["totalSteps"], done["progress"]) == (total, total, f"{total}/{total}")
     assert done["lastCheckpoint"] == f"checkpoint-{total}" and done["metrics"]["loss"] > 0
 
