@@ -67,6 +67,21 @@ def _resources(resources: Any) -> dict[str, Any]:
     return {k: v for k, v in (("requests", amounts), ("limits", limits)) if v}
 
 
+def _placement(resources: Any, settings: Settings) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """nodeSelector and tolerations: the job's own, over the operator's GPU defaults when it requests GPUs
+    (the job's selector keys win; its tolerations follow the defaults, identical ones once)."""
+    selector = dict(resources.node_selector or {})
+    tolerations = [t.to_dict() for t in resources.tolerations or []]
+    if resources.gpus:
+        selector = {**settings.gpu_node_selector, **selector}
+        tolerations = [*settings.gpu_tolerations, *tolerations]
+    unique: list[dict[str, Any]] = []
+    for toleration in tolerations:
+        if toleration not in unique:
+            unique.append(dict(toleration))
+    return selector, unique
+
+
 def _env(tj: dict[str, Any], storage_uri: str, settings: Settings) -> list[dict[str, Any]]:
     meta = tj["metadata"]
     values = {
@@ -114,10 +129,11 @@ def pod(tj: dict[str, Any], spec: Any, attempt: int, run: str, storage_uri: str,
     if res.gpus > 1:  # NCCL's shared-memory transport needs more than the runtime's default 64 MB /dev/shm
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
         pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
-    if res.node_selector:
-        pod_spec["nodeSelector"] = res.node_selector
-    if res.tolerations:
-        pod_spec["tolerations"] = [t.to_dict() for t in res.tolerations]
+    selector, tolerations = _placement(res, settings)
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
     return {

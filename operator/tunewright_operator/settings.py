@@ -3,8 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any
+
+from tunewright.config import ConfigError, ResourceParams, validate
+
+# The taint GPU nodes commonly carry so that only GPU pods land there (NVIDIA's GPU operator docs, and the
+# one AKS/GKE GPU node pools set); tolerating it only allows these nodes, the GPU request still chooses them.
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+
+
+def _placement(key: str, text: str) -> ResourceParams:
+    """Checked by the same model as a TrainingJob's spec.resources.nodeSelector / tolerations."""
+    try:
+        return validate({key: _json(text)}, ResourceParams, "value")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError("; ".join(err.problems)) from None
+
+
+def node_selector(text: str) -> dict[str, str]:
+    """JSON object of node labels, e.g. {"nvidia.com/gpu.present": "true"}."""
+    return _placement("nodeSelector", text).node_selector or {}
+
+
+def tolerations(text: str) -> tuple[dict[str, Any], ...]:
+    """JSON list of core/v1 tolerations, normalised as a TrainingJob's are (so that equal ones compare equal)."""
+    return tuple(t.to_dict() for t in _placement("tolerations", text).tolerations or [])
 
 
 @dataclass(frozen=True)
@@ -21,6 +55,12 @@ class Settings:
     trainer_metrics_port: int = field(default=9400, metadata={"help": "the trainer pods' /metrics port"})
     grace_seconds: int = field(default=300, metadata={"help": "pod terminationGracePeriodSeconds: time to "
                                                       "checkpoint and upload on SIGTERM"})
+    gpu_node_selector: dict[str, str] = field(
+        default_factory=dict, metadata={"type": node_selector, "help": "JSON node labels for trainer pods that "
+                                        "request GPUs; a TrainingJob's nodeSelector keys win"})
+    gpu_tolerations: tuple[dict[str, Any], ...] = field(
+        default=(GPU_TOLERATION,), metadata={"type": tolerations, "help": "JSON tolerations for trainer pods that "
+                                             "request GPUs; a TrainingJob's tolerations are added"})
     namespaces: tuple[str, ...] = field(default=(), metadata={"help": "namespaces to serve (repeatable or "
                                                               "comma-separated; default: the whole cluster)"})
 
@@ -34,13 +74,13 @@ class Settings:
         parser = argparse.ArgumentParser(prog="tunewright-operator", description="The tunewright Kopf operator.")
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
-            env_value = env.get(cls.env_name(f.name))
             if f.name == "namespaces":
                 parser.add_argument("--namespace", dest="namespaces", action="append", help=f.metadata["help"])
                 continue
-            kind = type(f.default)
-            parser.add_argument(flag, type=kind, default=kind(env_value) if env_value else f.default,
-                                help=f"{f.metadata['help']} (env {cls.env_name(f.name)}; default %(default)s)")
+            convert = _converter(f)
+            shown = json.dumps(_default(f)) if "type" in f.metadata else "%(default)s"
+            parser.add_argument(flag, type=convert, default=_env_value(parser, f, convert, env),
+                                help=f"{f.metadata['help']} (env {cls.env_name(f.name)}; default {shown})")
         args = vars(parser.parse_args(argv))
         raw = args.pop("namespaces") or [env.get(cls.env_name("namespaces"), "")]
         names = tuple(n.strip() for item in raw for n in item.split(",") if n.strip())
@@ -48,3 +88,24 @@ class Settings:
         if settings.max_concurrent_jobs < 1:
             parser.error("--max-concurrent-jobs must be >= 1")
         return settings
+
+
+def _default(f: Field[Any]) -> Any:
+    return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+
+
+def _converter(f: Field[Any]) -> Callable[[str], Any]:
+    return f.metadata.get("type") or type(f.default)
+
+
+def _env_value(parser: argparse.ArgumentParser, f: Field[Any], convert: Callable[[str], Any],
+               env: Mapping[str, str]) -> Any:
+    """The field's environment variable, converted (a bad one stops start-up naming it), else its default."""
+    name = Settings.env_name(f.name)
+    text = env.get(name)
+    if not text:
+        return _default(f)
+    try:
+        return convert(text)
+    except (ValueError, argparse.ArgumentTypeError) as err:
+        parser.exit(2, f"{parser.prog}: error: {name}: {err}\n")

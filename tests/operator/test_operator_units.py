@@ -76,6 +76,48 @@ def test_cpu_pod_requests_no_gpu() -> None:
     assert container["image"] == Settings().image
 
 
+GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+POOL_TAINT = {"key": "pool", "operator": "Equal", "value": "train", "effect": "NoExecute"}
+
+
+def placement(pod: dict[str, Any]) -> tuple[dict[str, str] | None, list[dict[str, Any]] | None]:
+    return pod["spec"].get("nodeSelector"), pod["spec"].get("tolerations")
+
+
+def test_gpu_pods_get_the_operator_node_selector_and_tolerations() -> None:
+    settings = Settings(gpu_node_selector={"accelerator": "a100", "pool": "gpu"}, gpu_tolerations=(GPU_TAINT,))
+    s = spec(resources={"gpus": 1})
+    assert placement(pods.pod(TJ, s, 1, "r", "file:///x", settings)) == (
+        {"accelerator": "a100", "pool": "gpu"}, [GPU_TAINT])
+    assert placement(pods.pod(TJ, s, 1, "r", "file:///x", Settings())) == (None, [GPU_TAINT]), "built-in default"
+
+
+def test_job_placement_is_merged_over_the_gpu_defaults() -> None:
+    """The job's selector keys win, its tolerations follow the defaults, and an identical one appears once."""
+    settings = Settings(gpu_node_selector={"accelerator": "a100", "pool": "gpu"}, gpu_tolerations=(GPU_TAINT,))
+    s = spec(resources={"gpus": 2, "nodeSelector": {"accelerator": "h100", "zone": "b"},
+                        "tolerations": [POOL_TAINT, GPU_TAINT]})
+    assert placement(pods.pod(TJ, s, 1, "r", "file:///x", settings)) == (
+        {"accelerator": "h100", "pool": "gpu", "zone": "b"}, [GPU_TAINT, POOL_TAINT])
+
+
+def test_cpu_pods_get_only_their_own_placement() -> None:
+    settings = Settings(gpu_node_selector={"accelerator": "a100"}, gpu_tolerations=(GPU_TAINT,))
+    assert placement(pods.pod(TJ, spec(), 1, "r", "file:///x", settings)) == (None, None)
+    own = spec(resources={"nodeSelector": {"zone": "b"}, "tolerations": [POOL_TAINT]})
+    assert placement(pods.pod(TJ, own, 1, "r", "file:///x", settings)) == ({"zone": "b"}, [POOL_TAINT])
+
+
+def test_every_node_of_a_multi_node_gpu_job_gets_the_gpu_placement() -> None:
+    settings = Settings(gpu_node_selector={"accelerator": "a100"}, gpu_tolerations=(GPU_TAINT,))
+    s = spec(resources={"gpus": 4, "nodes": 3, "tolerations": [POOL_TAINT]})
+    members = multinode.pod_set(TJ, s, 2, "r", "file:///x", settings)
+    assert len(members) == 3
+    for pod in members:
+        assert placement(pod) == ({"accelerator": "a100"}, [GPU_TAINT, POOL_TAINT])
+    assert settings.gpu_tolerations == (GPU_TAINT,) and settings.gpu_node_selector == {"accelerator": "a100"}
+
+
 def test_run_id_is_a_stable_dns_label() -> None:
     assert pods.run_id("ml", "tune", TJ["metadata"]["uid"]) == "ml-tune-0f1e2d3c"
     long = pods.run_id("n" * 63, "a.b" + "c" * 200, "ffff0000-1111")
@@ -156,3 +198,27 @@ def test_settings_from_flags_and_environment() -> None:
     assert Settings.parse(["--namespace", "x", "--max-concurrent-jobs", "2"], env).namespaces == ("x",)
     with pytest.raises(SystemExit):
         Settings.parse(["--max-concurrent-jobs", "0"], {})
+
+
+def test_gpu_placement_settings_are_json_checked_like_a_job_spec(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"TUNEWRIGHT_GPU_NODE_SELECTOR": '{"accelerator": "a100"}',
+           "TUNEWRIGHT_GPU_TOLERATIONS": '[{"key": "pool", "operator": "Equal", "value": "train", '
+                                         '"effect": "NoExecute"}]'}
+    settings = Settings.parse([], env)
+    assert (settings.gpu_node_selector, settings.gpu_tolerations) == ({"accelerator": "a100"}, (POOL_TAINT,))
+    assert Settings.parse([], {}).gpu_tolerations == (GPU_TAINT,) and Settings.parse([], {}).gpu_node_selector == {}
+    assert Settings.parse([], {"TUNEWRIGHT_GPU_TOLERATIONS": "[]"}).gpu_tolerations == ()
+    assert Settings.parse(["--gpu-node-selector", '{"a": "b"}'], env).gpu_node_selector == {"a": "b"}
+    for variable, text, problem in [
+        ("TUNEWRIGHT_GPU_TOLERATIONS", "[{key: x}]", "not valid JSON"),
+        ("TUNEWRIGHT_GPU_TOLERATIONS", '[{"key": "x", "operator": "Maybe"}]', "tolerations.0.operator"),
+        ("TUNEWRIGHT_GPU_TOLERATIONS", '{"key": "x"}', "Input should be a valid list"),
+        ("TUNEWRIGHT_GPU_NODE_SELECTOR", '{"gpus": 1}', "nodeSelector.gpus = 1"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            Settings.parse([], {variable: text})
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"error: {variable}: " in err and problem in err, err
+    with pytest.raises(SystemExit):
+        Settings.parse(["--gpu-tolerations", "nope"], {})
+    assert "argument --gpu-tolerations: not valid JSON" in capsys.readouterr().err
