@@ -11,8 +11,9 @@ from typing import Any
 
 from tunewright.config import ConfigError, ResourceParams, validate
 
-# The taint GPU nodes commonly carry so that only GPU pods land there (NVIDIA's GPU operator docs, and the
-# one AKS/GKE GPU node pools set); tolerating it only allows these nodes, the GPU request still chooses them.
+# The taint that commonly keeps other pods off GPU nodes (GKE sets nvidia.com/gpu=present:NoSchedule on GPU
+# node pools; common EKS/Karpenter setups use it too). Tolerating it only permits those nodes. Same default as
+# the chart's trainer.gpuTolerations.
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 

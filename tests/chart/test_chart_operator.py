@@ -56,7 +56,8 @@ def test_rbac_analysis_sees_new_calls(tmp_path: Path) -> None:
     }
 
 
-def _trainer_pod() -> dict[str, Any]:
+def _trainer_pod(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The operator's pod for examples/trainingjob-sft.yaml (1 GPU), its settings from `env` (the chart's)."""
     import yaml
 
     from tunewright_operator import pods
@@ -66,7 +67,21 @@ def _trainer_pod() -> dict[str, Any]:
     tj = yaml.safe_load((ROOT / "examples" / "trainingjob-sft.yaml").read_text())
     tj["metadata"]["uid"] = "0b8d5f4e-6f7a-4c1e-9a53-0f4c3b3a2d11"
     spec = TrainingJobSpec.model_validate(tj["spec"])
-    return pods.pod(tj, spec, 1, "ml-support-replies-sft-0b8d5f4e", "s3://tunewright", Settings.parse([], {}))
+    settings = Settings.parse([], env or {})
+    return pods.pod(tj, spec, 1, "ml-support-replies-sft-0b8d5f4e", "s3://tunewright", settings)
+
+
+def test_gpu_placement_values_land_on_the_trainer_pods(helm: Helm) -> None:
+    """examples/values-cluster.yaml's GPU node selector and tolerations, merged with the example job's own."""
+    deployment = one(helm.template(None, ROOT / "examples" / "values-cluster.yaml"), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("TUNEWRIGHT_GPU_")}
+    spec = _trainer_pod(env)["spec"]
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+                                    "nvidia.com/gpu.present": "true"}
+    assert spec["tolerations"] == [  # the job's own nvidia.com/gpu toleration equals the first: once
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"}]
 
 
 def test_pod_monitor_selects_the_trainer_pods_the_operator_creates(helm: Helm) -> None:

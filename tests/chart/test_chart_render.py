@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import kubernetes_validate
@@ -95,6 +96,10 @@ def test_settings_reach_the_operator_as_environment(helm: Helm) -> None:
     assert env["TUNEWRIGHT_NAMESPACES"] == "ml,ml-staging"
     assert env["TUNEWRIGHT_STORAGE"] == "s3://tunewright"
     assert env["TUNEWRIGHT_GRACE_SECONDS"] == "600"
+    assert json.loads(env["TUNEWRIGHT_GPU_NODE_SELECTOR"]) == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert json.loads(env["TUNEWRIGHT_GPU_TOLERATIONS"]) == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"}]
     assert env["AWS_ENDPOINT_URL_S3"] == "https://minio.storage.svc:9000"
     assert _container(docs)["envFrom"] == [{"secretRef": {"name": "tunewright-s3"}}]
     defaults = _env(helm.template())
@@ -114,6 +119,40 @@ def test_every_variable_the_chart_sets_is_an_operator_setting(helm: Helm) -> Non
     assert parsed.max_concurrent_jobs == 4 and parsed.namespaces == ("ml", "ml-staging")
     assert parsed.image == "registry.example.com/tunewright/trainer:0.1.0" and parsed.grace_seconds == 600
     assert (parsed.metrics_port, parsed.health_port) == (9090, 8080)
+    assert parsed.gpu_node_selector == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert [t["key"] for t in parsed.gpu_tolerations] == ["nvidia.com/gpu", "dedicated"]
+
+
+@pytest.mark.parametrize(("values", "selector", "tolerations"), [
+    ({}, {}, [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
+    ({"trainer": {"gpuNodeSelector": {"pool": "gpu"}, "gpuTolerations": []}}, {"pool": "gpu"}, []),
+    ({"trainer": {"gpuTolerations": [{"key": "gpu", "operator": "Equal", "value": "h100",
+                                      "effect": "NoExecute", "tolerationSeconds": 60}]}},
+     {}, [{"key": "gpu", "operator": "Equal", "value": "h100", "effect": "NoExecute", "tolerationSeconds": 60}]),
+], ids=["defaults", "selector-no-tolerations", "own-toleration"])
+def test_gpu_placement_values_reach_the_operator_as_json(helm: Helm, values: dict[str, Any],
+                                                         selector: dict[str, str],
+                                                         tolerations: list[dict[str, Any]]) -> None:
+    from tunewright_operator.settings import Settings
+
+    env = _env(helm.template(values))
+    gpu = {k: v for k, v in env.items() if k.startswith("TUNEWRIGHT_GPU_")}
+    assert (json.loads(gpu["TUNEWRIGHT_GPU_NODE_SELECTOR"]), json.loads(gpu["TUNEWRIGHT_GPU_TOLERATIONS"])) == (
+        selector, tolerations)
+    parsed = Settings.parse([], gpu)
+    assert (parsed.gpu_node_selector, list(parsed.gpu_tolerations)) == (selector, tolerations)
+    if not values:
+        default = Settings()
+        assert (parsed.gpu_node_selector, parsed.gpu_tolerations) == (
+            default.gpu_node_selector, default.gpu_tolerations), "chart and operator defaults agree"
+
+
+def test_gpu_toleration_schema_matches_the_job_spec_toleration() -> None:
+    from tunewright.config import Toleration
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    item = schema["properties"]["trainer"]["properties"]["gpuTolerations"]["items"]
+    assert set(item["properties"]) == {f.alias for f in Toleration.model_fields.values()}
 
 
 def test_operator_pod_meets_the_restricted_pod_security_standard(helm: Helm) -> None:
@@ -128,6 +167,8 @@ def test_operator_pod_meets_the_restricted_pod_security_standard(helm: Helm) -> 
     ({"storage": {"uri": "gs://bucket"}}, "/storage/uri"),
     ({"metrics": {"podMonitr": {"enabled": True}}}, "additional properties 'podMonitr' not allowed"),
     ({"metrics": {"prometheusRule": {"noProgressMinutes": "15m"}}}, "/metrics/prometheusRule/noProgressMinutes"),
+    ({"trainer": {"gpuTolerations": [{"key": "gpu", "operator": "Maybe"}]}}, "/trainer/gpuTolerations/0/operator"),
+    ({"trainer": {"gpuNodeSelector": {"gpus": 1}}}, "/trainer/gpuNodeSelector/gpus"),
 ])
 def test_bad_values_fail_with_the_field_named(helm: Helm, values: dict[str, Any], message: str) -> None:
     import tempfile
