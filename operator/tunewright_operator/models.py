@@ -84,6 +84,9 @@ class TrainingJobStatus(Record):
     attempts: int | None = Field(None, description="Pods started so far (the current pod is `<name>-a<attempts>`).")
     failures: int | None = Field(None, description="Failed attempts, counted against spec.retries.")
     pod_name: str | None = None
+    terminating: list[str] | None = Field(None, description="Pods of an earlier attempt still terminating (the "
+                                          "trainer checkpoints on SIGTERM); the next attempt starts when they "
+                                          "are gone.")
     run_id: str | None = Field(None, description="The run's id in storage: runs/<runId>/.")
     start_time: str | None = None
     completion_time: str | None = None

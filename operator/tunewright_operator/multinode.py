@@ -58,6 +58,11 @@ def _attempt_labels(tj: dict[str, Any], attempt: int) -> dict[str, str]:
     return {pods.LABEL_JOB: tj["metadata"]["name"], pods.LABEL_ATTEMPT: str(attempt)}
 
 
+def job_selector(tj: dict[str, Any]) -> str:
+    """Label selector for every trainer pod of the TrainingJob, all attempts."""
+    return ",".join(f"{k}={v}" for k, v in {**pods.MANAGED_BY, pods.LABEL_JOB: tj["metadata"]["name"]}.items())
+
+
 def attempt_selector(tj: dict[str, Any], attempt: int) -> str:
     """Label selector for every pod of one attempt (however many nodes)."""
     return ",".join(f"{k}={v}" for k, v in {**pods.MANAGED_BY, **_attempt_labels(tj, attempt)}.items())
@@ -111,7 +116,7 @@ def attempt_state(members: dict[str, dict[str, Any] | None]) -> PodState:
     """One state for the attempt from its pods by name (None: the pod is gone). The attempt fails as a whole
     when any pod fails or disappears (its peers then hang in, or fail on, a collective); a disruption
     (eviction, preemption) is reported before the errors it causes on the other nodes. It succeeds when
-    every pod has succeeded. "Missing" when a pod is gone."""
+    every pod has succeeded. "Missing" when a pod is gone, "Terminating" when one is being deleted."""
     states = {name: pod_state(pod) if pod is not None else None for name, pod in members.items()}
     gone = [name for name, state in states.items() if state is None]
     if gone:  # like the single pod that disappeared: the reconciler starts the next attempt
@@ -124,7 +129,10 @@ def attempt_state(members: dict[str, dict[str, Any] | None]) -> PodState:
     phases = {s.phase for s in states.values() if s is not None}
     if phases == {"Succeeded"}:
         return PodState("Succeeded")
-    for phase in ("Terminating", "Running", "Pending"):
+    deleted = sorted(name for name, s in states.items() if s is not None and s.phase == "Terminating")
+    if deleted:  # someone deleted a pod: the attempt is over
+        return PodState("Terminating", message=f"pod {deleted[0]} was deleted")
+    for phase in ("Running", "Pending"):
         if phase in phases:
             return PodState(phase)
     return PodState(sorted(phases)[0])

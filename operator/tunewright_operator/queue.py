@@ -1,9 +1,9 @@
 """The queue, recomputed from the listed TrainingJobs and trainer pods each time (nothing in memory to lose).
 
-Busy: admitted (a pod name in status, phase Running) or owning a trainer pod that has not finished (also one
-the status does not know of yet, after a restart, or one still terminating). Waiting: not started (or
-suspended and resumed), not suspended, not finished, not busy. Waiting jobs start in order of spec.priority
-(higher first), then creation time.
+Busy: admitted (phase Running: its pods run, or its next attempt waits for the previous one's pods to go) or
+owning a trainer pod that has not finished (also one the status does not know of yet, after a restart, or one
+still terminating). Waiting: not started (or suspended and resumed), not suspended, not finished, not busy.
+Waiting jobs start in order of spec.priority (higher first), then creation time.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _status(tj: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_active(tj: dict[str, Any]) -> bool:
-    return bool(_status(tj).get("podName")) and _status(tj).get("phase") == "Running"
+    return _status(tj).get("phase") == "Running"
 
 
 def is_waiting(tj: dict[str, Any]) -> bool:

@@ -3,6 +3,11 @@
 Nothing lives only in memory: every decision is a function of (status, pod, storage), every side effect is
 create-or-get / delete-if-present under a deterministic name, and the status patch comes last. An operator
 restarted at any point therefore replays the same step and ends in the same state, with no duplicates.
+
+An attempt that ends while pods of it are still alive (a failed node's peers, a deleted pod, a suspend) first
+records its end (podName unset, phase still Running: the job keeps its slot); the next attempt's pods are
+created only once the earlier pods are gone from the API (handover.py says why and what counts).
+
 The locks below only keep this process's worker threads from deciding for the same job (or the last free
 slot) at the same time.
 """
@@ -17,7 +22,7 @@ from typing import Any
 
 from tunewright.registry import Registry
 from tunewright.runs import RunStore
-from tunewright_operator import adapters, metrics, multinode, pods, queue, stores, validation
+from tunewright_operator import adapters, handover, metrics, multinode, pods, queue, stores, validation
 from tunewright_operator.kube import TRAININGJOBS, Kube
 from tunewright_operator.models import TERMINAL_PHASES, TrainingJobSpec
 from tunewright_operator.podstate import PodState, pod_state
@@ -106,8 +111,10 @@ class Reconciler:
         if spec.suspend:
             return self._suspend(tj)
         if state is None:
+            if status.get("phase") == "Running":  # an attempt ended; the next one waits for its pods to go
+                return self._start(tj, spec, int(status.get("attempts") or 0) + 1)
             return self._admit(tj, spec)
-        if state.phase == "Missing":
+        if state.phase in ("Missing", "Terminating"):  # a pod was lost or deleted by someone else
             if spec.resources.nodes > 1:
                 self._delete_attempt(tj)  # the other nodes would wait for the lost one forever
             return self._start(tj, spec, int(status.get("attempts") or 0) + 1, note=f"{state.message}; ")
@@ -123,7 +130,11 @@ class Reconciler:
         status = _status(tj)
         if spec.resources.nodes == 1:
             pod = self.kube.get_pod(namespace, status["podName"])
-            return pod_state(pod) if pod else PodState("Missing", message=f"pod {status['podName']} disappeared")
+            if pod is None:
+                return PodState("Missing", message=f"pod {status['podName']} disappeared")
+            state = pod_state(pod)
+            return PodState("Terminating", message=f"pod {status['podName']} was deleted") \
+                if state.phase == "Terminating" else state
         attempt = int(status.get("attempts") or 1)
         found = {p["metadata"]["name"]: p
                  for p in self.kube.list_pods((namespace,), multinode.attempt_selector(tj, attempt))}
@@ -151,7 +162,7 @@ class Reconciler:
         return True
 
     def _suspend(self, tj: dict[str, Any]) -> bool:
-        status = _status(tj)
+        status, active = _status(tj), queue.is_active(tj)
         deleted = self._delete_attempt(tj)
         if deleted:
             self.emit(tj, "Normal", "Suspended", f"deleted {_pods_text(deleted)}; the trainer "
@@ -160,12 +171,12 @@ class Reconciler:
         if status.get("phase") == "Queued" and suspended and suspended["status"] == "True":
             return False
         self._write(tj, {
-            "phase": "Queued", "podName": None,
+            "phase": "Queued", "podName": None, "terminating": None,
             "message": "suspended; set spec.suspend to false to resume from the latest checkpoint",
             "conditions": set_condition(status.get("conditions"), "Suspended", True, "Suspended",
                                         "spec.suspend is true"),
         })
-        return bool(status.get("podName"))
+        return active
 
     def _admit(self, tj: dict[str, Any], spec: TrainingJobSpec) -> bool:
         """A waiting job: start it if the queue allows, else record its place."""
@@ -179,7 +190,9 @@ class Reconciler:
             return self._invalid(tj, str(err))
         with self._admission:
             tjs, owners = self._cluster_state()
-            if (namespace, name) in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners):
+            # Its own earlier pods, still running or terminating (resumed right after a suspend), hold its slot.
+            if (namespace, name) in owners or \
+                    (namespace, name) in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners):
                 self.kube.ensure_config_map(namespace, pods.config_map(tj, config))
                 return self._start(tj, spec, attempt)
             place = queue.position(tjs, (namespace, name))
@@ -204,23 +217,48 @@ class Reconciler:
                extra: dict[str, Any] | None = None) -> bool:
         meta, status = tj["metadata"], _status(tj)
         extra = extra or {}
+        conditions = extra.get("conditions", status.get("conditions"))
+        if condition(status, "Suspended"):
+            conditions = set_condition(conditions, "Suspended", False, "Resumed", "spec.suspend is false")
+        if self._previous_pods_remain(tj, attempt, note, {**extra, "conditions": conditions}):
+            return False
         run = status.get("runId") or pods.run_id(meta["namespace"], meta["name"], meta["uid"])
         uri = validation.storage_uri(spec, self.settings.storage)
         members = multinode.pod_set(tj, spec, attempt, run, uri, self.settings)
         if len(members) > 1:
             self.kube.ensure_service(meta["namespace"], multinode.rendezvous_service(tj, attempt))
         names = [self.kube.ensure_pod(meta["namespace"], member)["metadata"]["name"] for member in members]
-        conditions = set_condition(extra.get("conditions", status.get("conditions")), "Admitted", True,
-                                   "SlotAssigned", _pods_text(names))
-        if condition(status, "Suspended"):
-            conditions = set_condition(conditions, "Suspended", False, "Resumed", "spec.suspend is false")
+        conditions = set_condition(handover.gone(conditions), "Admitted", True, "SlotAssigned", _pods_text(names))
         resumed = "" if attempt == 1 else " (resumes from the latest checkpoint)"
         self._write(tj, {
-            **extra, "phase": "Running", "attempts": attempt, "podName": names[0], "runId": run,
+            **extra, "phase": "Running", "attempts": attempt, "podName": names[0], "runId": run, "terminating": None,
             "startTime": status.get("startTime") or now(), "conditions": conditions,
             "message": f"{note}attempt {attempt}: {_pods_text(names)}{resumed}",
         })
         return False
+
+    def _previous_pods_remain(self, tj: dict[str, Any], attempt: int, note: str, extra: dict[str, Any]) -> bool:
+        """Hold attempt `attempt` back while pods of earlier attempts remain: record the wait (with `extra`, e.g.
+        the failure just counted) in the status and delete any that still run. True while it waits."""
+        namespace, _ = queue.key(tj)
+        remaining = handover.blocking(self.kube.list_pods((namespace,), multinode.job_selector(tj)), attempt)
+        if not remaining:
+            return False
+        for pod in remaining:
+            if not handover.terminating(pod):  # an earlier attempt's leftover (e.g. a restart mid-deletion)
+                self.kube.delete_pod(namespace, pod["metadata"]["name"])
+        names = [p["metadata"]["name"] for p in remaining]
+        conditions, message, stuck = handover.waiting(extra["conditions"], names, attempt,
+                                                      handover.grace_seconds(remaining),
+                                                      self.settings.termination_margin_seconds)
+        if stuck:
+            self.emit(tj, "Warning", handover.STUCK, message)
+        previous = _status(tj).get("message") or ""
+        if not note and previous.endswith(message):
+            message = previous  # keep what ended the attempt (the note of the first wait) in view
+        self._write(tj, {**extra, "phase": "Running", "podName": None, "terminating": names,
+                         "conditions": conditions, "message": f"{note}{message}"})
+        return True
 
     def _failed(self, tj: dict[str, Any], spec: TrainingJobSpec, state: PodState) -> bool:
         status = _status(tj)

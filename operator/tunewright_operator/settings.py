@@ -56,6 +56,8 @@ class Settings:
     trainer_metrics_port: int = field(default=9400, metadata={"help": "the trainer pods' /metrics port"})
     grace_seconds: int = field(default=300, metadata={"help": "pod terminationGracePeriodSeconds: time to "
                                                       "checkpoint and upload on SIGTERM"})
+    termination_margin_seconds: int = field(default=60, metadata={"help": "seconds past a deleted trainer "
+                                            "pod's grace period before it is reported stuck terminating"})
     gpu_node_selector: dict[str, str] = field(
         default_factory=dict, metadata={"type": node_selector, "help": "JSON node labels for trainer pods that "
                                         "request GPUs; a TrainingJob's nodeSelector keys win"})

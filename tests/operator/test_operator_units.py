@@ -8,7 +8,7 @@ import pytest
 
 from tunewright.config import validate
 from tunewright.ids import check_id
-from tunewright_operator import multinode, pods, queue
+from tunewright_operator import handover, multinode, pods, queue
 from tunewright_operator.models import TrainingJobSpec
 from tunewright_operator.podstate import pod_state
 from tunewright_operator.settings import Settings
@@ -222,3 +222,66 @@ def test_gpu_placement_settings_are_json_checked_like_a_job_spec(capsys: pytest.
     with pytest.raises(SystemExit):
         Settings.parse(["--gpu-tolerations", "nope"], {})
     assert "argument --gpu-tolerations: not valid JSON" in capsys.readouterr().err
+
+
+def trainer_pod(name: str, attempt: int, phase: str = "Running", deleted: bool = False, grace: int | None = None,
+                given: int | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {"tunewright.dev/trainingjob": "tune",
+                                                     "tunewright.dev/attempt": str(attempt)}}
+    if deleted:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    if given is not None:
+        meta["deletionGracePeriodSeconds"] = given
+    spec = {} if grace is None else {"terminationGracePeriodSeconds": grace}
+    return {"metadata": meta, "spec": spec, "status": {"phase": phase}}
+
+
+def test_the_next_attempt_is_held_by_earlier_pods_that_terminate_or_still_run() -> None:
+    found = [trainer_pod("tune-a1", 1, "Failed"),  # finished and kept for its logs: holds nothing
+             trainer_pod("tune-a2-1", 2, "Failed", deleted=True),  # exited but still in the API
+             trainer_pod("tune-a2-0", 2, "Running", deleted=True),  # committing its SIGTERM checkpoint
+             trainer_pod("tune-a3-0", 3, "Running"),  # a leftover nobody deleted yet
+             trainer_pod("tune-a4-0", 4, "Pending")]  # the attempt being started
+    assert [p["metadata"]["name"] for p in handover.blocking(found, 4)] == ["tune-a2-0", "tune-a2-1", "tune-a3-0"]
+    assert handover.blocking(found, 2) == [] and handover.blocking([], 4) == []
+    assert handover.grace_seconds([trainer_pod("a", 1, grace=300), trainer_pod("b", 1, grace=300, given=0)]) == 300
+    assert handover.grace_seconds([trainer_pod("a", 1, grace=300, given=600)]) == 600
+    assert handover.grace_seconds([trainer_pod("a", 1)]) == 30  # Kubernetes' default
+    # Meanwhile the job keeps its slot: Running without a pod name is busy, not waiting in the queue.
+    waiting_job = job("tune", "2026-01-01T00:00:00Z", "Running")
+    assert queue.busy([waiting_job]) == {("ns", "tune")} and queue.waiting([waiting_job]) == []
+
+
+def test_the_wait_turns_stuck_after_grace_plus_margin_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunewright_operator import status
+
+    clock = ["2026-01-01T00:00:00Z"]
+    monkeypatch.setattr(status, "now", lambda: clock[0])
+    monkeypatch.setattr(handover, "now", lambda: clock[0])
+    conditions, message, stuck = handover.waiting(None, ["tune-a1-0"], 2, grace=300, margin=60)
+    assert not stuck and conditions[0]["reason"] == "WaitingForPreviousAttempt"
+    assert message.startswith("attempt 2 waits for pod tune-a1-0 of an earlier attempt to terminate")
+    clock[0] = "2026-01-01T00:06:00Z"  # 360 s: not beyond 300 + 60
+    conditions, _, stuck = handover.waiting(conditions, ["tune-a1-0"], 2, grace=300, margin=60)
+    assert not stuck and conditions[0]["reason"] == "WaitingForPreviousAttempt"
+    clock[0] = "2026-01-01T00:06:01Z"
+    conditions, message, stuck = handover.waiting(conditions, ["tune-a1-0", "tune-a1-1"], 2, grace=300, margin=60)
+    assert stuck and conditions[0]["reason"] == "PodsStuckTerminating" and "more than 360 s" in message
+    assert "--force tune-a1-0 tune-a1-1" in message
+    assert conditions[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"  # the wait's start, kept
+    clock[0] = "2026-01-01T00:09:00Z"
+    conditions, _, stuck = handover.waiting(conditions, ["tune-a1-0"], 2, grace=300, margin=60)
+    assert not stuck and conditions[0]["reason"] == "PodsStuckTerminating"  # reported (and an Event) once
+    done = handover.gone(conditions)
+    assert (done[0]["status"], done[0]["reason"]) == ("True", "PodsGone")
+    # A later wait starts its own clock.
+    clock[0] = "2026-01-01T01:00:00Z"
+    conditions, _, stuck = handover.waiting(done, ["tune-a2-0"], 3, grace=300, margin=60)
+    assert not stuck and conditions[0]["lastTransitionTime"] == "2026-01-01T01:00:00Z"
+    assert handover.gone(None) is None  # no condition for jobs that never waited
+
+
+def test_a_deleted_pod_ends_a_multinode_attempt() -> None:
+    deleted = trainer_pod("tune-a1-1", 1, "Running", deleted=True)
+    state = multinode.attempt_state({"tune-a1-0": trainer_pod("tune-a1-0", 1), "tune-a1-1": deleted})
+    assert (state.phase, state.message) == ("Terminating", "pod tune-a1-1 was deleted")
