@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -139,6 +140,42 @@ class Cluster:
     def events(self, name: str) -> list[dict[str, Any]]:
         items = self.core.list_namespaced_event(self.namespace).items
         return [self.api.sanitize_for_serialization(e) for e in items if e.involved_object.name == name]
+
+
+class PodEvents:
+    """The namespace's pod events in the order the API server sent them (a watch, as the operator sees them)."""
+
+    def __init__(self, api: kubernetes.client.ApiClient, namespace: str):
+        self.events: list[tuple[str, str]] = []  # (ADDED/MODIFIED/DELETED, pod name)
+        self._watch = kubernetes.watch.Watch()
+        core = kubernetes.client.CoreV1Api(api)
+        stream = self._watch.stream(core.list_namespaced_pod, namespace, deserialize=False)
+        self._thread = threading.Thread(target=self._follow, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _follow(self, stream: Any) -> None:
+        try:
+            for event in stream:
+                self.events.append((event["type"], event["object"]["metadata"]["name"]))
+        except Exception as err:  # the emulator went away (end of the session), or the stream broke
+            self.events.append(("ERROR", repr(err)))
+
+    def first(self, type_: str, name: str) -> int:
+        """Where the first such event is in the sequence (AssertionError if there is none)."""
+        try:
+            return self.events.index((type_, name))
+        except ValueError:
+            raise AssertionError(f"no {type_} event for pod {name}: {self.events}") from None
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
+@pytest.fixture
+def pod_events(api: kubernetes.client.ApiClient, namespace: str) -> Iterator[PodEvents]:
+    events = PodEvents(api, namespace)
+    yield events
+    events.stop()
 
 
 @pytest.fixture

@@ -5,10 +5,15 @@ same exit codes (0; 1 with the reason in TUNEWRIGHT_TERMINATION_LOG; 143 after a
 same idempotent retry (result.json present → exit 0), only node 0 writes (TUNEWRIGHT_NODE_RANK). Its
 "training" is sleeping through steps.
 
+It also checks that it is the run's only writer: node 0 records its pid in the run (standin/writer) and fails
+(exit 3, "two writers") when the pid recorded there is another process that is still alive — an earlier
+attempt still committing its SIGTERM checkpoint. (All pods run on the test's machine, so pids compare.)
+
 Test knobs (environment, set by the kubelet harness, never by the operator):
     STANDIN_STEP_SECONDS   seconds per step (default 0.05)
     STANDIN_FAIL_AT        fail at this step ...
     STANDIN_FAIL_TIMES     ... in this many attempts (default: every attempt); `job=n,job2=m` per TrainingJob
+    STANDIN_SIGTERM_SECONDS  seconds the checkpoint on SIGTERM takes to commit (an upload; default 0)
 """
 
 from __future__ import annotations
@@ -57,6 +62,21 @@ def should_fail(run: RunStore, step: int) -> bool:
     return True
 
 
+def claim(run: RunStore) -> str | None:
+    """Become the run's writer; the reason when an earlier writer is still alive."""
+    key = "standin/writer"
+    pid = int(run.dir.read_text(key)) if run.dir.exists(key) else None
+    if pid is not None and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            pid = None
+        if pid is not None:
+            return f"two writers on {run.dir.uri}: pid {pid} of an earlier attempt is still running"
+    run.dir.write_text(key, str(os.getpid()))
+    return None
+
+
 def other_node(total: int) -> int:
     """A node other than node 0 (TUNEWRIGHT_NODE_RANK > 0) trains along and writes nothing: only global rank 0
     writes the run. Here it sleeps through the steps."""
@@ -82,6 +102,9 @@ def main() -> int:
     total = config.training.max_steps or 20
     if int(os.environ.get("TUNEWRIGHT_NODE_RANK", "0")):
         return other_node(total)
+    overlap = claim(run)
+    if overlap:
+        return fail(overlap, 3)
     every = config.checkpointing.every_steps or 5
     store = CheckpointStore(run.checkpoints, keep_last=config.checkpointing.keep_last, background=False)
     latest = store.latest() if args.resume == "latest" else None
@@ -99,6 +122,7 @@ def main() -> int:
     last = latest.name if latest else None
     while step < total:
         if stop:
+            time.sleep(float(os.environ.get("STANDIN_SIGTERM_SECONDS", "0")))
             last = checkpoint(step) if step else last
             run.write_progress(Progress(state="interrupted", step=step, total_steps=total, epoch=step / total,
                                         last_checkpoint=last))

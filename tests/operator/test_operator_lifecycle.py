@@ -17,6 +17,7 @@ import yaml
 
 from support.k8s import wait_for
 from tunewright.runs import RunStore
+from tunewright.training.checkpoints import CheckpointStore
 
 SPEC: dict[str, Any] = {"dataset": {"id": "songs"}, "training": {"maxSteps": 12}, "checkpointing": {"everySteps": 4}}
 
@@ -156,30 +157,78 @@ def test_a_lost_status_write_neither_duplicates_the_pod_nor_breaks_the_limit(sto
     assert k8s.status("job")["attempts"] == 1
 
 
-def test_suspend_checkpoints_and_resume_continues(store, k8s, operator_factory, kubelet_factory):
-    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status.get("conditions") or [] if c["type"] == type_)
+
+
+def test_suspend_checkpoints_and_resume_waits_for_the_old_pod(store, k8s, operator_factory, kubelet_factory,
+                                                              pod_events):
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1", STANDIN_SIGTERM_SECONDS="1")  # a slow final upload
     operator_factory()
     k8s.create("trainingjobs", "pausable", {**SPEC, "training": {"maxSteps": 30}, "checkpointing": {"everySteps": 10}})
     reached(store, k8s, "pausable", 13)
-    kubelet.kill("pausable-a1", signal.SIGSTOP)  # hold the trainer, so that it cannot finish meanwhile
+    kubelet.kill("pausable-a1", signal.SIGSTOP)  # hold the trainer: the deleted pod stays terminating meanwhile
     k8s.patch_spec("trainingjobs", "pausable", {"suspend": True})
-    wait_for(lambda: not k8s.pods() and kubelet.pods["pausable-a1"].sigterm_sent, 20, "the pod's deletion")
-    kubelet.kill("pausable-a1", signal.SIGCONT)  # the kubelet's SIGTERM is waiting for it
-    wait_for(lambda: kubelet.pods["pausable-a1"].exited(), 20, "the trainer to stop")
+    wait_for(lambda: kubelet.pods["pausable-a1"].sigterm_sent, 20, "SIGTERM to the deleted pod")
+    assert k8s.pods()[0]["metadata"]["deletionTimestamp"]
     paused = k8s.wait_phase("pausable", "Queued", timeout=10)
-    assert "podName" not in paused
-    assert next(c for c in paused["conditions"] if c["type"] == "Suspended")["status"] == "True"
-    assert kubelet.pods["pausable-a1"].proc.returncode == 143  # SIGTERM → checkpoint → 143
-    interrupted = RunStore(store, paused["runId"]).read_progress()
-    assert interrupted is not None and interrupted.state == "interrupted"
-    stopped_at = interrupted.step
-    assert stopped_at >= 13 and interrupted.last_checkpoint == f"checkpoint-{stopped_at}"
+    assert "podName" not in paused and condition(paused, "Suspended")["status"] == "True"
 
+    # Resumed while the old pod still commits its checkpoint: the next attempt waits until the pod is gone.
     k8s.patch_spec("trainingjobs", "pausable", {"suspend": False})
+    waiting = wait_for(lambda: (s := k8s.status("pausable")).get("terminating") and s, 10, "the wait")
+    assert waiting["phase"] == "Running" and "podName" not in waiting and waiting["terminating"] == ["pausable-a1"]
+    gone = condition(waiting, "PreviousAttemptGone")
+    assert (gone["status"], gone["reason"]) == ("False", "WaitingForPreviousAttempt")
+    assert "attempt 2 waits for pod pausable-a1" in waiting["message"]
+    time.sleep(1.5)  # three polls
+    assert k8s.pod_names() == ["pausable-a1"]
+    kubelet.kill("pausable-a1", signal.SIGCONT)  # the kubelet's SIGTERM is waiting for it
+
     done = k8s.wait_phase("pausable", "Succeeded", timeout=30)
-    assert done["attempts"] == 2 and done.get("failures", 0) == 0
-    assert report(store, done)["resumedFrom"] == f"checkpoint-{stopped_at}"
-    assert next(c for c in done["conditions"] if c["type"] == "Suspended")["status"] == "False"
+    assert kubelet.pods["pausable-a1"].proc.returncode == 143  # SIGTERM → checkpoint → 143
+    assert pod_events.first("DELETED", "pausable-a1") < pod_events.first("ADDED", "pausable-a2")
+    stopped = re.search(r"at step (\d+); checkpoint checkpoint-\1 committed",
+                        kubelet.pods["pausable-a1"].termination_log.read_text())
+    assert stopped and int(stopped[1]) >= 13
+    assert report(store, done)["resumedFrom"] == f"checkpoint-{stopped[1]}"  # the SIGTERM checkpoint
+    assert done["attempts"] == 2 and done.get("failures", 0) == 0 and "terminating" not in done
+    assert condition(done, "Suspended")["status"] == "False"
+    assert condition(done, "PreviousAttemptGone")["status"] == "True"
+
+
+def test_a_pod_stuck_terminating_is_reported_and_holds_the_next_attempt_until_force_deleted(
+        store, k8s, operator_factory, kubelet_factory, pod_events):
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
+    operator_factory("--grace-seconds", "1", "--termination-margin-seconds", "1")
+    k8s.create("trainingjobs", "lost", {**SPEC, "training": {"maxSteps": 30}})
+    reached(store, k8s, "lost", 6)
+    kubelet.hold("lost-a1")  # its node stops answering ...
+    k8s.core.delete_namespaced_pod("lost-a1", k8s.namespace)  # ... and the pod is deleted (e.g. evicted by taint)
+    committed = CheckpointStore(RunStore(store, k8s.status("lost")["runId"]).checkpoints, keep_last=3,
+                                background=False).latest()
+    waiting = wait_for(lambda: (s := k8s.status("lost")).get("terminating") and s, 10, "the wait")
+    assert waiting["message"].startswith("pod lost-a1 was deleted; attempt 2 waits for pod lost-a1")
+    assert waiting["phase"] == "Running" and waiting.get("failures", 0) == 0
+
+    def stuck() -> dict[str, Any] | None:
+        found = condition(k8s.status("lost"), "PreviousAttemptGone")
+        return found if found["reason"] == "PodsStuckTerminating" else None
+
+    reported = wait_for(stuck, 10, "the stuck report")  # grace period 1 s + margin 1 s
+    assert reported["status"] == "False" and "the node may be unreachable" in reported["message"]
+    assert "kubectl delete pod --grace-period=0 --force lost-a1" in reported["message"]
+    events = wait_for(lambda: [e for e in k8s.events("lost") if e["reason"] == "PodsStuckTerminating"], 10, "Event")
+    assert len(events) == 1 and events[0]["type"] == "Warning"
+    time.sleep(1)  # still waiting: the operator never force-deletes by itself
+    assert k8s.pod_names() == ["lost-a1"] and k8s.status("lost")["terminating"] == ["lost-a1"]
+
+    kubelet.force_delete("lost-a1")  # what a cluster admin does once the node is known to be gone
+    done = k8s.wait_phase("lost", "Succeeded", timeout=30)
+    assert pod_events.first("DELETED", "lost-a1") < pod_events.first("ADDED", "lost-a2")
+    assert (done["attempts"], done.get("failures", 0)) == (2, 0)
+    assert report(store, done)["resumedFrom"] == (committed.name if committed else None)
+    assert condition(done, "PreviousAttemptGone")["reason"] == "PodsGone"
 
 
 def test_delete_removes_owned_objects_and_keeps_adapters(store, k8s, operator_factory, kubelet_factory):

@@ -1,8 +1,12 @@
 """A multi-node TrainingJob end to end with the stand-in trainer: one pod per node plus a headless Service per
-attempt, all owned by the job; the attempt succeeds when every pod does and fails as a whole when one does."""
+attempt, all owned by the job; the attempt succeeds when every pod does and fails as a whole when one does; the
+next attempt starts only when every pod of the failed one is gone."""
 
 from __future__ import annotations
 
+import re
+import signal
+import time
 from typing import Any
 
 from support.k8s import wait_for
@@ -60,3 +64,39 @@ def test_one_node_failing_fails_the_attempt_and_every_node_is_restarted_together
     assert all(kubelet.pods[p].proc.returncode == 0 for p in ("wide-a3-0", "wide-a3-1"))
     assert (run.read_report() or {})["resumedFrom"] not in (None, "checkpoint-0")
     assert [a["metadata"]["name"] for a in k8s.list("adapters")] == ["songs-sft-v1"]
+
+
+def test_the_next_attempt_waits_for_the_last_ones_pods_to_go_even_across_an_operator_restart(
+        store, k8s, operator_factory, kubelet_factory, pod_events):
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1", STANDIN_SIGTERM_SECONDS="0.5")  # a slow final upload
+    op = operator_factory()
+    k8s.create("trainingjobs", "wide", {**SPEC, "checkpointing": {"everySteps": 20}})
+    run = RunStore(store, wait_for(lambda: k8s.status("wide").get("runId"), 20, "the run id"))
+    wait_for(lambda: (p := run.read_progress()) is not None and p.step >= 6, 20, "step 6", interval=0.02)
+    kubelet.kill("wide-a1-0", signal.SIGSTOP)  # node 0 will be slow to stop: the SIGTERM waits for it
+    kubelet.kill("wide-a1-1")  # node 1 dies: the attempt fails, node 0 is deleted
+    wait_for(lambda: kubelet.pods["wide-a1-0"].sigterm_sent, 20, "SIGTERM to node 0")
+    # Node 1's pod (exited) goes at once; node 0's stays while its trainer is stopped.
+    waiting = wait_for(lambda: (s := k8s.status("wide")).get("terminating") == ["wide-a1-0"] and s, 10, "the wait")
+    assert (waiting["phase"], waiting["attempts"], waiting["failures"]) == ("Running", 1, 1)
+    assert "podName" not in waiting and k8s.pod_names() == ["wide-a1-0"]
+    assert next(c for c in waiting["conditions"] if c["type"] == "PreviousAttemptGone")["reason"] == \
+        "WaitingForPreviousAttempt"
+
+    op.restart()  # SIGKILL mid-wait: the new operator must neither start attempt 2 early nor count again
+    time.sleep(2)  # several polls
+    assert k8s.pod_names() == ["wide-a1-0"] and services(k8s) == []
+    assert {k: k8s.status("wide")[k] for k in ("phase", "attempts", "failures", "terminating")} == {
+        "phase": "Running", "attempts": 1, "failures": 1, "terminating": ["wide-a1-0"]}
+    kubelet.kill("wide-a1-0", signal.SIGCONT)  # it commits its checkpoint, exits, and the pod goes
+
+    done = k8s.wait_phase("wide", "Succeeded", timeout=30)
+    assert (done["attempts"], done["failures"]) == (2, 1) and "terminating" not in done
+    deleted = pod_events.first("DELETED", "wide-a1-0")
+    assert deleted < pod_events.first("ADDED", "wide-a2-0") and deleted < pod_events.first("ADDED", "wide-a2-1")
+    assert kubelet.started.count("wide-a2-0") == kubelet.started.count("wide-a2-1") == 1
+    assert kubelet.pods["wide-a1-0"].proc.returncode == 143
+    stopped = re.search(r"at step (\d+); checkpoint checkpoint-\1 committed",
+                        kubelet.pods["wide-a1-0"].termination_log.read_text())
+    assert stopped and int(stopped[1]) >= 6
+    assert (run.read_report() or {})["resumedFrom"] == f"checkpoint-{stopped[1]}"  # the SIGTERM checkpoint

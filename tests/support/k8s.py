@@ -11,8 +11,9 @@ What it still lacks compared with a real cluster, and how the tests cover it: Op
 defaulting (test_operator_crds.py validates objects against the generated CRD schema), the OpenAPI document
 (kubectl needs --validate=false), server-side table printing (no printer columns in `kubectl get`), admission
 and RBAC (the chart's tests check the Role against the operator's calls), scheduling and the kubelet (the
-`Kubelet` below runs pods as local processes), graceful pod deletion (pods go at once; the kubelet then sends
-SIGTERM), optimistic concurrency for merge patches, field selectors and watch resumption by resourceVersion.
+`Kubelet` below runs pods as local processes), graceful pod deletion by grace period (the `Kubelet` models it
+with a finalizer: a deleted pod it runs keeps its deletionTimestamp until the process has exited),
+optimistic concurrency for merge patches, field selectors and watch resumption by resourceVersion.
 
 Fixtures: `cluster` (one emulator per test session, in its own thread) and `namespace` (a fresh one per test).
 """
@@ -186,16 +187,22 @@ class Cluster(kmock.KubernetesEmulator):
         return result
 
     async def _collect_garbage(self) -> None:
-        """Delete objects whose every owner is gone (background cascading deletion), until none is left."""
+        """Delete objects whose every owner is gone (background cascading deletion), until none is left. Like
+        any deletion, one with finalizers only gets its deletionTimestamp and goes when they are removed."""
         while True:
             async with self._lock:
                 alive = {o.raw.get("metadata", {}).get("uid") for o in self.objects.values() if not o.deleted}
                 orphans = []
                 for key, obj in self.objects.items():
-                    owners = [] if obj.deleted else obj.raw.get("metadata", {}).get("ownerReferences") or []
+                    meta = {} if obj.deleted else obj.raw.get("metadata", {})
+                    owners = [] if meta.get("deletionTimestamp") else meta.get("ownerReferences") or []
                     if owners and not any(ref.get("uid") in alive for ref in owners):
                         orphans.append((key, obj))
                 for (resource, _, _), obj in orphans:
+                    if obj.raw.get("metadata", {}).get("finalizers"):
+                        obj.patch({"metadata": {"deletionTimestamp": _now()}})
+                        await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
+                        continue
                     raw = obj.raw
                     obj.delete()
                     await self._buses[resource].put({"type": "DELETED", "object": raw})
@@ -317,14 +324,22 @@ def _pod_dict(pod: Any) -> dict[str, Any]:
     return kubernetes.client.ApiClient().sanitize_for_serialization(pod)
 
 
+# Stands in for graceful pod deletion: a pod the kubelet runs stays in the API, with its deletionTimestamp, until
+# its process has exited (a real kubelet deletes a terminating pod for good once its containers have stopped).
+FINALIZER = "tunewright.test/kubelet"
+
+
 class RunningPod:
     def __init__(self, name: str, uid: str, proc: subprocess.Popen[bytes], workdir: Path, termination_log: Path,
                  grace: float):
         self.name, self.uid, self.proc, self.workdir = name, uid, proc, workdir
         self.termination_log, self.grace = termination_log, grace
         self.disruption: tuple[str, str] | None = None  # (kind, reason) for evict/preempt
-        self.reported = False
+        self.reported = False  # the exit is in the pod's status
+        self.stopping = False  # SIGTERM (then SIGKILL) under way
         self.sigterm_sent = False
+        self.released = False  # the finalizer is off: the pod is gone from the API
+        self.held = False  # its node stopped answering
         self.started_at = time.monotonic()
         self.exited_at: float | None = None
 
@@ -342,8 +357,13 @@ class Kubelet:
       the termination message path is a local file. `commands` maps a container command (e.g.
       `tunewright-train`) to a local command line. Status: Running with a running container state.
     - The process exits: Succeeded/Failed with the container's exit code and termination message.
-    - The pod is deleted: SIGTERM, then SIGKILL after the grace period (capped by `max_grace`).
-    - `kill(pod)` / `evict(pod)` / `preempt(pod)` simulate a crash, a node-pressure eviction and a preemption.
+    - The pod is deleted: it stays, terminating (deletionTimestamp; `FINALIZER`), while its process gets SIGTERM
+      and, after the grace period (capped by `max_grace`), SIGKILL; once the process has exited, the exit goes
+      into the status and the pod is gone from the API. A pod removed from the API without it (a force delete)
+      only has its process stopped.
+    - `kill(pod)` / `evict(pod)` / `preempt(pod)` simulate a crash, a node-pressure eviction and a preemption;
+      `hold(pod)` a node that stops answering (its pod stays terminating when deleted) and `force_delete(pod)`
+      what a human then does (`kubectl delete pod --force`; the node never comes back).
     """
 
     def __init__(self, api: Any, namespace: str, workdir: Path, commands: dict[str, list[str]],
@@ -388,6 +408,20 @@ class Kubelet:
             self.pods[pod].disruption = ("PreemptionByScheduler", "Preempted by a higher-priority pod")
         self.pods[pod].proc.send_signal(signal.SIGTERM)
 
+    def hold(self, pod: str) -> None:
+        """The pod's node stops answering: its process freezes and the kubelet does nothing more for it."""
+        with self._lock:
+            self.pods[pod].held = True
+        self.pods[pod].proc.send_signal(signal.SIGSTOP)
+
+    def force_delete(self, pod: str) -> None:
+        """The pod goes from the API without its node's word; its process dies with the node."""
+        running = self.pods[pod]
+        running.proc.kill()
+        running.proc.wait(10)
+        running.exited()
+        self._release(running)
+
     def max_parallel(self) -> int:
         """The most pods that ran at the same moment."""
         edges = sorted([(r.started_at, 1) for r in self.pods.values()] +
@@ -420,15 +454,41 @@ class Kubelet:
             if uid not in known and phase == "Pending" and not pod["metadata"].get("deletionTimestamp"):
                 self._start(pod)
         for running in list(self.pods.values()):
-            running.exited()
-            if running.uid not in pods and running.proc.poll() is None and not running.reported:
-                running.reported = True
-                threading.Thread(target=self._terminate, args=(running,), daemon=True).start()
-            elif running.uid in pods and running.proc.poll() is not None and not running.reported:
-                self._report_exit(running)
+            exited = running.exited()
+            pod = pods.get(running.uid)
+            if running.held or running.released:
+                continue
+            if pod is None:  # gone without us (force-deleted): stop the process
+                if not exited:
+                    self._stop_process(running)
+                continue
+            deleted = bool(pod["metadata"].get("deletionTimestamp"))
+            if exited:
+                if not running.reported:
+                    self._report_exit(running)
+                if deleted:
+                    self._release(running)
+            elif deleted:
+                self._stop_process(running)
+
+    def _stop_process(self, running: RunningPod) -> None:
+        if not running.stopping:
+            running.stopping = True
+            threading.Thread(target=self._terminate, args=(running,), daemon=True).start()
+
+    def _release(self, running: RunningPod) -> None:
+        """Take the finalizer off: the terminated pod is gone from the API."""
+        import kubernetes
+
+        try:
+            self.core.patch_namespaced_pod(running.name, self.namespace, {"metadata": {"finalizers": []}})
+        except kubernetes.client.ApiException as err:
+            if err.status != 404:
+                raise
+        running.released = True
 
     def _terminate(self, running: RunningPod) -> None:
-        """The pod object is gone: SIGTERM, wait out the grace period, SIGKILL."""
+        """The pod was deleted: SIGTERM, wait out the grace period, SIGKILL."""
         running.proc.send_signal(signal.SIGTERM)
         running.sigterm_sent = True
         try:
@@ -438,7 +498,15 @@ class Kubelet:
             running.proc.wait(10)
 
     def _start(self, pod: dict[str, Any]) -> None:
+        import kubernetes
+
         name, spec = pod["metadata"]["name"], pod["spec"]
+        try:
+            self.core.patch_namespaced_pod(name, self.namespace, {"metadata": {"finalizers": [FINALIZER]}})
+        except kubernetes.client.ApiException as err:
+            if err.status == 404:
+                return  # deleted before it started
+            raise
         container = spec["containers"][0]
         workdir = self.workdir / name
         workdir.mkdir(parents=True, exist_ok=True)
