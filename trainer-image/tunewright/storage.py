@@ -397,10 +397,16 @@ class S3Storage(Storage):
         may not), and never under KMS or customer keys. Their bytes are still checked in transit: botocore
         sends a CRC32 checksum with every PUT and part, which the server verifies."""
         local = Path(local)
-        with self._errors("upload to", key):
-            self.client.upload_file(str(local), self.bucket, self._key(key), Config=self._transfer_config())
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         size = local.stat().st_size
+        with self._errors("upload to", key):
+            if size < self.multipart_threshold:
+                # One PUT: boto3's transfer manager starts a thread pool per file, which costs more CPU than
+                # uploading a small file (a checkpoint is ~10 of them, uploaded while training runs).
+                with local.open("rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body)
+            else:
+                self.client.upload_file(str(local), self.bucket, self._key(key), Config=self._transfer_config())
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         if int(head["ContentLength"]) != size:
             raise StorageError(f"upload of {local} to {self._uri(key)} stored {head['ContentLength']} bytes, "
                                f"expected {size}")
