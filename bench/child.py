@@ -12,7 +12,10 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
+
+STARTED = time.perf_counter()
 
 
 def main(argv: list[str]) -> int:
@@ -21,6 +24,9 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
+    import bench.measure
+
+    bench.measure.PROCESS_START = STARTED
     module_name, function = case.rsplit(".", 1)
     module = importlib.import_module(f"bench.{module_name}")
     result = getattr(module, function)(json.loads(params))

@@ -1,7 +1,11 @@
 """DPO: tunewright (`method: dpo`) vs TRL's DPOTrainer on the same PEFT model, pairs, batch and precision.
 
-Measures steps/s (warm-up excluded) and the training time until held-out preference accuracy reaches the
-target (judged by bench.measure.PreferenceJudge on pairs about subjects never trained on).
+Measures steps/s (warm-up excluded) and the time until held-out preference accuracy reaches the target
+(judged by bench.measure.PreferenceJudge on pairs about subjects never trained on), counted from the moment
+each trainer exists (both tools have tokenized their data by then): so it includes each tool's setup inside
+the trainer, i.e. tunewright's reference pass, which scores every training pair once with the adapter
+disabled before the first step (TRL's default scores the reference in every step instead). `setup_s` is that
+part alone, and `train_seconds_to_target` the time spent in training steps.
 """
 
 from __future__ import annotations
@@ -38,8 +42,11 @@ def _observe(p: dict[str, Any], judge_pairs: list[tuple[Encoded, Encoded]], pad_
 def _result(seen: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
     clock, judge = seen["clock"], seen["judge"]
     reached = judge.reached or {}
+    setup = clock.setup_seconds()
+    seconds = reached.get("seconds")
     return {"steps_per_s": clock.steps_per_second(), "samples_per_s": clock.steps_per_second() * p["batch"],
-            "seconds_to_target": reached.get("seconds"), "steps_to_target": reached.get("step"),
+            "setup_s": setup, "seconds_to_target": seconds, "steps_to_target": reached.get("step"),
+            "train_seconds_to_target": None if seconds is None or setup is None else seconds - setup,
             "accuracy_history": judge.history, "tokens_per_pair": seen["tokens"].tokens_per_sample()}
 
 

@@ -6,6 +6,7 @@ evaluations (the judge) is paused out of every clock.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,17 +15,23 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+PROCESS_START = time.perf_counter()  # reset by bench.child to the moment the process began
+
 
 class StepClock(TrainerCallback):
-    """Wall time of optimizer steps `warmup+1 .. last`, and of milestones since the trainer was built."""
+    """Wall time of optimizer steps `warmup+1 .. last`, each step's duration, and how long the trainer spent
+    between being built and its first step (setup: e.g. a reference pass)."""
 
     def __init__(self, warmup: int):
         self.warmup = warmup
         self.paused = 0.0
         self.built = self.now()  # the trainer exists: setup (tokenization, model load) is behind us
+        self.first_step: float | None = None
+        self.first_step_process_s: float | None = None  # wall seconds from process start to the first step
         self.window_start: float | None = None
         self.last_step = 0
         self.last_time = 0.0
+        self.ends: dict[int, float] = {}
 
     def now(self) -> float:
         return time.perf_counter() - self.paused
@@ -37,16 +44,44 @@ class StepClock(TrainerCallback):
         finally:
             self.paused += time.perf_counter() - began
 
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                      **kwargs: Any) -> None:
+        if self.first_step is None:
+            self.first_step = self.now()
+            self.first_step_process_s = time.perf_counter() - PROCESS_START
+            self.ends[state.global_step] = self.first_step
+
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
         if state.global_step == self.warmup:
             self.window_start = self.now()
         self.last_step, self.last_time = state.global_step, self.now()
+        self.ends[state.global_step] = self.last_time
 
-    def steps_per_second(self) -> float:
+    def mean_steps_per_second(self) -> float:
+        """Steps over the window's wall time."""
         if self.window_start is None or self.last_step <= self.warmup:
             raise RuntimeError(f"no steps measured after {self.warmup} warm-up steps (last step {self.last_step})")
         return (self.last_step - self.warmup) / (self.last_time - self.window_start)
+
+    def steps_per_second(self) -> float:
+        """1 / the median step time of the window: a step slowed by other work on the shared cores (a test
+        suite starting next door) moves the mean, not the median. Both sides of a comparison have the same
+        periodic work in their windows (HF logs every 10 steps; no checkpoints), so medians compare like with
+        like."""
+        durations = self.durations()
+        if not durations:
+            raise RuntimeError(f"no steps measured after {self.warmup} warm-up steps (last step {self.last_step})")
+        return 1 / statistics.median(durations.values())
+
+    def durations(self) -> dict[int, float]:
+        """Seconds of each measured step `s`: from the end of step s-1 to the end of step s, so a save after
+        step s-1 (HF saves between steps) is in step s."""
+        return {s: self.ends[s] - self.ends[s - 1] for s in sorted(self.ends)
+                if s > self.warmup and s - 1 in self.ends and s <= self.last_step}
+
+    def setup_seconds(self) -> float | None:
+        return None if self.first_step is None else self.first_step - self.built
 
     def since_built(self) -> float:
         return self.now() - self.built

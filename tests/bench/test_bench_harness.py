@@ -29,20 +29,23 @@ def test_ratios_are_ratios_of_medians_and_missing_sides_are_reported() -> None:
                      [{"steps_per_s": s, "seconds_to_target": t} for s, t in ((1, 40), (1.5, 50), (1, None))])
     musicgen = comparison("musicgen", [{"available": False, "reason": "method 'x' is not available"}],
                           [{"steps_per_s": 1.0}])
-    ckpt = comparison("ckpt", [{"steps_per_s": 1.0}], [{"steps_per_s": 1.04}])
+    ckpt = Comparison("ckpt", Side("with", "ckpt.a"), Side("without", "ckpt.b"), {},
+                      [Metric("interval_cost", "cost", "", higher_is_better=False)])
+    ckpt.runs = {"ours": [{"interval_cost": c} for c in (0.06, 0.05, 0.2)],
+                 "theirs": [{"interval_cost": c} for c in (0.0, -0.01)]}
 
     summary = summarise([dpo, musicgen, ckpt])
 
     assert summary["ratios"]["dpo_speedup"] == pytest.approx(3 / 1)  # medians 3 and 1: outliers do not count
     assert summary["ratios"]["dpo_time_to_acc_speedup"] == pytest.approx(45 / 20)  # None is skipped
-    assert summary["ratios"]["ckpt_overhead"] == pytest.approx(0.04)
+    assert summary["ratios"]["ckpt_overhead"] == pytest.approx(0.06 - (-0.005))  # with minus without, medians
     assert summary["ratios"]["musicgen_speedup"] is None
     assert summary["targets"]["dpo_speedup"]["met"] is True
-    assert summary["targets"]["ckpt_overhead"]["met"] is True
+    assert summary["targets"]["ckpt_overhead"]["met"] is False
     assert summary["targets"]["musicgen_speedup"]["met"] is None
     assert "musicgen   not available: method 'x' is not available" in table([dpo, musicgen, ckpt], summary)
     assert final_line(summary) == ("dpo_speedup=3.00 dpo_time_to_acc_speedup=2.25 sft_speedup=n/a "
-                                   "musicgen_speedup=n/a ckpt_overhead=0.04")
+                                   "musicgen_speedup=n/a ckpt_overhead=0.07")
 
 
 def test_quick_sft_comparison_runs_both_sides_in_their_own_processes(tmp_path: Path) -> None:
