@@ -10,7 +10,10 @@ checkpoint includes the SIGTERM one.
 
 What holds the next attempt back: a pod of an earlier attempt that is terminating (deletionTimestamp set) or
 still live (pending or running; the reconciler deletes it). A pod that finished and was not deleted holds up
-nothing: its process has exited (failed single-node pods are kept for their logs).
+nothing: its process has exited (failed single-node pods are kept for their logs). A pod owned by an earlier
+TrainingJob of the same name (deleted and created again before the garbage collector removed its pods) holds
+up every attempt, whatever its state: its name may be the one the new attempt needs, and adopting it would
+track the old job's trainer.
 
 A pod still there `margin` seconds after its grace period is reported stuck: the kubelet kills the containers
 when the grace period ends and then removes the pod within seconds, so its node is not answering (powered off,
@@ -43,12 +46,16 @@ def terminating(pod: dict[str, Any]) -> bool:
     return bool(pod["metadata"].get("deletionTimestamp"))
 
 
-def blocking(pods: list[dict[str, Any]], attempt: int) -> list[dict[str, Any]]:
-    """The pods of attempts before `attempt` that must be gone before it starts, by name."""
+def owned_by(pod: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences") or [])
+
+
+def blocking(pods: list[dict[str, Any]], attempt: int, uid: str) -> list[dict[str, Any]]:
+    """The pods that must be gone before attempt `attempt` of the TrainingJob with `uid` starts, by name."""
     def holds(pod: dict[str, Any]) -> bool:
         earlier = (_attempt(pod) or attempt) < attempt
         live = (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-        return earlier and (terminating(pod) or live)
+        return not owned_by(pod, uid) or (earlier and (terminating(pod) or live))
     return sorted((p for p in pods if holds(p)), key=lambda p: p["metadata"]["name"])
 
 

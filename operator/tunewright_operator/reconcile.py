@@ -182,7 +182,8 @@ class Reconciler:
         """A waiting job: start it if the queue allows, else record its place."""
         namespace, name = queue.key(tj)
         attempt = int(_status(tj).get("attempts") or 0) + 1
-        if self.kube.get_pod(namespace, multinode.pod_names(name, attempt, spec.resources.nodes)[0]) is not None:
+        first = self.kube.get_pod(namespace, multinode.pod_names(name, attempt, spec.resources.nodes)[0])
+        if first is not None and handover.owned_by(first, tj["metadata"]["uid"]):
             return self._start(tj, spec, attempt)  # started just before a restart lost the status write
         try:
             config = self._prepare(tj, spec)
@@ -241,7 +242,8 @@ class Reconciler:
         """Hold attempt `attempt` back while pods of earlier attempts remain: record the wait (with `extra`, e.g.
         the failure just counted) in the status and delete any that still run. True while it waits."""
         namespace, _ = queue.key(tj)
-        remaining = handover.blocking(self.kube.list_pods((namespace,), multinode.job_selector(tj)), attempt)
+        remaining = handover.blocking(self.kube.list_pods((namespace,), multinode.job_selector(tj)), attempt,
+                                      tj["metadata"]["uid"])
         if not remaining:
             return False
         for pod in remaining:

@@ -251,6 +251,31 @@ def test_delete_removes_owned_objects_and_keeps_adapters(store, k8s, operator_fa
     assert [a["metadata"]["name"] for a in k8s.list("adapters")] == ["finished-v1"]
 
 
+def test_a_job_created_again_under_its_name_waits_for_the_old_jobs_pod(store, k8s, operator_factory, kubelet_factory,
+                                                                       pod_events):
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
+    operator_factory()
+    old = k8s.create("trainingjobs", "again", {**SPEC, "training": {"maxSteps": 200}})
+    reached(store, k8s, "again", 2)
+    kubelet.kill("again-a1", signal.SIGSTOP)  # the old trainer holds its pod in Terminating
+    k8s.delete("trainingjobs", "again")
+    wait_for(lambda: k8s.get("trainingjobs", "again") is None, 20, "the old TrainingJob gone")
+    new = k8s.create("trainingjobs", "again", {**SPEC, "training": {"maxSteps": 4}})
+
+    waiting = wait_for(lambda: (s := k8s.status("again")).get("terminating") and s, 10, "the wait")
+    assert waiting["terminating"] == ["again-a1"] and "podName" not in waiting
+    (pod,) = k8s.pods()
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == old["metadata"]["uid"]  # the old one's, not adopted
+    kubelet.kill("again-a1", signal.SIGCONT)
+
+    done = k8s.wait_phase("again", "Succeeded", timeout=30)
+    assert kubelet.pods["again-a1"].uid != pod["metadata"]["uid"] and kubelet.started == ["again-a1", "again-a1"]
+    assert [e for e in pod_events.events if e[1] == "again-a1" and e[0] != "MODIFIED"][:3] == \
+        [("ADDED", "again-a1"), ("DELETED", "again-a1"), ("ADDED", "again-a1")]
+    assert done["runId"].endswith(new["metadata"]["uid"].replace("-", "")[:8]) and done["attempts"] == 1
+    assert report(store, done)["steps"] == 4
+
+
 def test_dataset_resources_and_operator_metrics(store, k8s, operator_factory, kubelet_factory):
     kubelet_factory()
     op = operator_factory()

@@ -225,9 +225,10 @@ def test_gpu_placement_settings_are_json_checked_like_a_job_spec(capsys: pytest.
 
 
 def trainer_pod(name: str, attempt: int, phase: str = "Running", deleted: bool = False, grace: int | None = None,
-                given: int | None = None) -> dict[str, Any]:
+                given: int | None = None, owner: str = "uid-1") -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "labels": {"tunewright.dev/trainingjob": "tune",
-                                                     "tunewright.dev/attempt": str(attempt)}}
+                                                     "tunewright.dev/attempt": str(attempt)},
+                            "ownerReferences": [{"kind": "TrainingJob", "name": "tune", "uid": owner}]}
     if deleted:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     if given is not None:
@@ -242,8 +243,12 @@ def test_the_next_attempt_is_held_by_earlier_pods_that_terminate_or_still_run() 
              trainer_pod("tune-a2-0", 2, "Running", deleted=True),  # committing its SIGTERM checkpoint
              trainer_pod("tune-a3-0", 3, "Running"),  # a leftover nobody deleted yet
              trainer_pod("tune-a4-0", 4, "Pending")]  # the attempt being started
-    assert [p["metadata"]["name"] for p in handover.blocking(found, 4)] == ["tune-a2-0", "tune-a2-1", "tune-a3-0"]
-    assert handover.blocking(found, 2) == [] and handover.blocking([], 4) == []
+    assert [p["metadata"]["name"] for p in handover.blocking(found, 4, "uid-1")] == \
+        ["tune-a2-0", "tune-a2-1", "tune-a3-0"]
+    assert handover.blocking(found, 2, "uid-1") == [] and handover.blocking([], 4, "uid-1") == []
+    # A TrainingJob deleted and created again under its name: all the old one's pods hold its first attempt.
+    assert [p["metadata"]["name"] for p in handover.blocking(found, 1, "uid-2")] == \
+        ["tune-a1", "tune-a2-0", "tune-a2-1", "tune-a3-0", "tune-a4-0"]
     assert handover.grace_seconds([trainer_pod("a", 1, grace=300), trainer_pod("b", 1, grace=300, given=0)]) == 300
     assert handover.grace_seconds([trainer_pod("a", 1, grace=300, given=600)]) == 600
     assert handover.grace_seconds([trainer_pod("a", 1)]) == 30  # Kubernetes' default
