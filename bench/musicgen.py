@@ -142,7 +142,8 @@ def tunewright(p: dict[str, Any]) -> dict[str, Any]:
         path = _dataset(p, Path(tmp))
         run_tunewright(tunewright_config(p, "sft"), path, "rated", hook, modality="audio")
     clock = seen["clock"]
-    return {"steps_per_s": clock.steps_per_second(), "seconds_to_first_step": clock.first_step_process_s}
+    return {"steps_per_s": clock.steps_per_second(), "seconds_to_first_step": clock.first_step_process_s,
+            "step_durations": list(clock.durations().values())}
 
 
 class EncodeEveryStep:
@@ -214,4 +215,5 @@ def baseline(p: dict[str, Any]) -> dict[str, Any]:
     steps_per_s = clock.steps_per_second()
     measured = loss.encoder_seconds[p["warmup"]:clock.last_step]
     return {"steps_per_s": steps_per_s, "seconds_to_first_step": clock.first_step_process_s,
-            "encoder_share": sum(measured) / len(measured) * steps_per_s}
+            "encoder_share": sum(measured) / len(measured) * steps_per_s,
+            "step_durations": list(clock.durations().values()), "encoder_seconds": measured}

@@ -84,8 +84,7 @@ def comparisons(quick: bool) -> list[Comparison]:
             "musicgen", Side("tunewright (cached)", "musicgen.tunewright"),
             Side("encode every step", "musicgen.baseline"),
             {"model": "musicgen-small, widths / 4", "batch": 2, "precision": "fp32", "rank": 16, "lr": 2e-4,
-             "steps": steps(10, 3), "warmup": steps(2, 1),
-             "seconds": steps(2.0, 0.5), "prompts": 22, "per_prompt": 1},
+             "steps": steps(10, 3), "warmup": steps(2, 1), "seconds": steps(2.0, 0.5), "prompts": 22, "per_prompt": 1},
             [Metric("steps_per_s", "steps/s", "1/s"),
              Metric("seconds_to_first_step", "s from start to step 1", "s", higher_is_better=False),
              Metric("encoder_share", "encoders' share of step", "", compared=False), rss]),
@@ -179,7 +178,7 @@ def brief(result: dict[str, Any]) -> str:
         return "FAILED"
     if result.get("available") is False:
         return "not available"
-    shown = {k: v for k, v in result.items() if isinstance(v, int | float) and k != "available"}
+    shown = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     return " ".join(f"{k}={v:.3g}" for k, v in shown.items())
 
 
