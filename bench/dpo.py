@@ -45,6 +45,7 @@ def _result(seen: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
     setup = clock.setup_seconds()
     seconds = reached.get("seconds")
     return {"steps_per_s": clock.steps_per_second(), "samples_per_s": clock.steps_per_second() * p["batch"],
+            "mean_steps_per_s": clock.mean_steps_per_second(), "step_durations": list(clock.durations().values()),
             "setup_s": setup, "seconds_to_target": seconds, "steps_to_target": reached.get("step"),
             "train_seconds_to_target": None if seconds is None or setup is None else seconds - setup,
             "accuracy_history": judge.history, "tokens_per_pair": seen["tokens"].tokens_per_sample()}

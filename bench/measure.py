@@ -65,14 +65,15 @@ class StepClock(TrainerCallback):
         return (self.last_step - self.warmup) / (self.last_time - self.window_start)
 
     def steps_per_second(self) -> float:
-        """1 / the median step time of the window: a step slowed by other work on the shared cores (a test
-        suite starting next door) moves the mean, not the median. Both sides of a comparison have the same
-        periodic work in their windows (HF logs every 10 steps; no checkpoints), so medians compare like with
-        like."""
-        durations = self.durations()
+        """1 / the lower quartile of the window's step times. Every step does the same work, and other
+        processes on the shared cores only ever add time to a step (they come and go for seconds at a time:
+        a median over a short window moves by +-20 % between processes). The quartile rather than the
+        minimum, so that one short batch (text batches differ by a few tokens) does not decide it."""
+        durations = list(self.durations().values())
         if not durations:
             raise RuntimeError(f"no steps measured after {self.warmup} warm-up steps (last step {self.last_step})")
-        return 1 / statistics.median(durations.values())
+        quartile = statistics.quantiles(durations, n=4, method="inclusive")[0] if len(durations) > 1 else durations[0]
+        return 1 / quartile
 
     def durations(self) -> dict[int, float]:
         """Seconds of each measured step `s`: from the end of step s-1 to the end of step s, so a save after

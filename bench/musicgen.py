@@ -142,8 +142,8 @@ def tunewright(p: dict[str, Any]) -> dict[str, Any]:
         path = _dataset(p, Path(tmp))
         run_tunewright(tunewright_config(p, "sft"), path, "rated", hook, modality="audio")
     clock = seen["clock"]
-    return {"steps_per_s": clock.steps_per_second(), "seconds_to_first_step": clock.first_step_process_s,
-            "step_durations": list(clock.durations().values())}
+    return {"steps_per_s": clock.steps_per_second(), "mean_steps_per_s": clock.mean_steps_per_second(),
+            "seconds_to_first_step": clock.first_step_process_s, "step_durations": list(clock.durations().values())}
 
 
 class EncodeEveryStep:
@@ -212,8 +212,8 @@ def baseline(p: dict[str, Any]) -> dict[str, Any]:
         clock = StepClock(p["warmup"])
         trainer.add_callback(clock)
         trainer.train()
-    steps_per_s = clock.steps_per_second()
-    measured = loss.encoder_seconds[p["warmup"]:clock.last_step]
-    return {"steps_per_s": steps_per_s, "seconds_to_first_step": clock.first_step_process_s,
-            "encoder_share": sum(measured) / len(measured) * steps_per_s,
-            "step_durations": list(clock.durations().values()), "encoder_seconds": measured}
+    measured = loss.encoder_seconds[p["warmup"]:clock.last_step]  # the window's steps
+    durations = list(clock.durations().values())
+    return {"steps_per_s": clock.steps_per_second(), "mean_steps_per_s": clock.mean_steps_per_second(),
+            "seconds_to_first_step": clock.first_step_process_s, "encoder_share": sum(measured) / sum(durations),
+            "step_durations": durations, "encoder_seconds": measured}

@@ -31,10 +31,12 @@ def _observe(p: dict[str, Any]) -> tuple[Any, dict]:
 
 
 def _result(seen: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
-    steps = seen["clock"].steps_per_second()
+    clock = seen["clock"]
+    steps = clock.steps_per_second()
     tokens = seen["tokens"].tokens_per_sample()
     return {"steps_per_s": steps, "samples_per_s": steps * p["batch"],
-            "tokens_per_s": steps * p["batch"] * tokens, "tokens_per_sample": tokens}
+            "tokens_per_s": steps * p["batch"] * tokens, "tokens_per_sample": tokens,
+            "mean_steps_per_s": clock.mean_steps_per_second(), "step_durations": list(clock.durations().values())}
 
 
 def tunewright(p: dict[str, Any]) -> dict[str, Any]:
