@@ -241,7 +241,9 @@ class MusicgenFamily:
         logits = out.logits.reshape(n, codebooks, frames, -1).float()
         targets = labels.transpose(1, 2)  # (batch, codebooks, frames)
         valid = targets != self.pad_id
-        token_logp = -F.cross_entropy(logits.permute(0, 3, 1, 2), targets.masked_fill(~valid, 0), reduction="none")
+        # Flattened rows: cross_entropy over a permuted (batch, vocab, ...) view is ~5x slower on CPU.
+        token_logp = -F.cross_entropy(logits.flatten(0, 2), targets.masked_fill(~valid, 0).flatten(),
+                                      reduction="none").view_as(targets)
         mask = valid.to(token_logp.dtype)
         return (token_logp * mask).sum((1, 2)), mask.sum((1, 2))
 
