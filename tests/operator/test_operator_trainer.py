@@ -41,7 +41,7 @@ def test_real_trainer_resumes_a_killed_pod_and_publishes_the_adapter(k8s, s3_roo
     k8s.core.create_namespaced_secret(k8s.namespace, {"metadata": {"name": "s3"}, "data": secret})
     kubelet = kubelet_factory(REAL_TRAINER)
     operator_factory()  # no AWS_* in its environment: it reads storage with the Secret's credentials
-    every, total = 3, 8
+    every, total = 3, 12
     spec = {**TINY, "training": {**TINY["training"], "maxSteps": total}, "checkpointing": {"everySteps": every},
             "storage": {"uri": s3_root, "secretName": "s3"}}
     tj = k8s.create("trainingjobs", "tiny", spec)
@@ -49,7 +49,7 @@ def test_real_trainer_resumes_a_killed_pod_and_publishes_the_adapter(k8s, s3_roo
 
     def after_a_checkpoint() -> Any:
         progress = run.read_progress()
-        return progress if progress and progress.last_checkpoint and progress.step > every else None
+        return progress if progress and progress.last_checkpoint else None  # progress.json lags on S3 (5 s)
 
     progress = wait_for(after_a_checkpoint, 180, "a committed checkpoint", interval=0.1)
     kubelet.kill("tiny-a1", signal.SIGKILL)
