@@ -118,6 +118,7 @@ def test_every_variable_the_chart_sets_is_an_operator_setting(helm: Helm) -> Non
     parsed = Settings.parse([], {k: v for k, v in env.items() if k in tunewright})
     assert parsed.max_concurrent_jobs == 4 and parsed.namespaces == ("ml", "ml-staging")
     assert parsed.image == "registry.example.com/tunewright/trainer:0.1.0" and parsed.grace_seconds == 600
+    assert parsed.termination_margin_seconds == 60
     assert (parsed.metrics_port, parsed.health_port) == (9090, 8080)
     assert parsed.gpu_node_selector == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert [t["key"] for t in parsed.gpu_tolerations] == ["nvidia.com/gpu", "dedicated"]
