@@ -46,6 +46,11 @@ def terminating(pod: dict[str, Any]) -> bool:
     return bool(pod["metadata"].get("deletionTimestamp"))
 
 
+def running(pod: dict[str, Any]) -> bool:
+    """Not finished: the pod's process may still run (or has yet to)."""
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
 def owned_by(pod: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences") or [])
 
@@ -54,8 +59,7 @@ def blocking(pods: list[dict[str, Any]], attempt: int, uid: str) -> list[dict[st
     """The pods that must be gone before attempt `attempt` of the TrainingJob with `uid` starts, by name."""
     def holds(pod: dict[str, Any]) -> bool:
         earlier = (_attempt(pod) or attempt) < attempt
-        live = (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-        return not owned_by(pod, uid) or (earlier and (terminating(pod) or live))
+        return not owned_by(pod, uid) or (earlier and (terminating(pod) or running(pod)))
     return sorted((p for p in pods if holds(p)), key=lambda p: p["metadata"]["name"])
 
 

@@ -1,8 +1,10 @@
 """One TrainingJob's next step, decided from its stored status and what the API and storage show now.
 
 Nothing lives only in memory: every decision is a function of (status, pod, storage), every side effect is
-create-or-get / delete-if-present under a deterministic name, and the status patch comes last. An operator
-restarted at any point therefore replays the same step and ends in the same state, with no duplicates.
+create-or-get / delete-if-present under a deterministic name, and the status patch comes after the creations.
+Deleting the pods of a failed or lost attempt comes after the patch that records its end: once they are gone,
+a failed attempt would look like a lost one and its failure would go uncounted. An operator restarted at any
+point therefore replays the same step and ends in the same state, with no duplicates and nothing lost.
 
 An attempt that ends while pods of it are still alive (a failed node's peers, a deleted pod, a suspend) first
 records its end (podName unset, phase still Running: the job keeps its slot); the next attempt's pods are
@@ -61,7 +63,11 @@ class Reconciler:
     def reconcile(self, namespace: str, name: str) -> None:
         with self._lock(namespace, name):
             tj = self.kube.get(TRAININGJOBS, namespace, name)
-            if tj is None or _status(tj).get("phase") in TERMINAL_PHASES:
+            if tj is None:
+                return
+            if _status(tj).get("phase") in TERMINAL_PHASES:
+                if _status(tj)["phase"] == "Failed":
+                    self._stop_leftovers(tj)  # in case a restart came between the final status and the deletion
                 return
             if tj["metadata"].get("deletionTimestamp"):
                 return  # going away; its pods go with it (garbage collection by ownerReference)
@@ -115,8 +121,6 @@ class Reconciler:
                 return self._start(tj, spec, int(status.get("attempts") or 0) + 1)
             return self._admit(tj, spec)
         if state.phase in ("Missing", "Terminating"):  # a pod was lost or deleted by someone else
-            if spec.resources.nodes > 1:
-                self._delete_attempt(tj)  # the other nodes would wait for the lost one forever
             return self._start(tj, spec, int(status.get("attempts") or 0) + 1, note=f"{state.message}; ")
         if state.phase == "Failed":
             return self._failed(tj, spec, state)
@@ -154,6 +158,14 @@ class Reconciler:
             self.kube.delete_pod(namespace, pod)
         self.kube.delete_service(namespace, multinode.service_name(name, attempt))
         return names
+
+    def _stop_leftovers(self, tj: dict[str, Any]) -> None:
+        """Delete the job's pods that still run, e.g. the other nodes of a multi-node attempt that failed."""
+        namespace, _ = queue.key(tj)
+        for pod in self.kube.list_pods((namespace,), multinode.job_selector(tj)):
+            if handover.owned_by(pod, tj["metadata"]["uid"]) and handover.running(pod) \
+                    and not handover.terminating(pod):
+                self.kube.delete_pod(namespace, pod["metadata"]["name"])
 
     def _invalid(self, tj: dict[str, Any], message: str) -> bool:
         self._delete_attempt(tj)
@@ -223,6 +235,8 @@ class Reconciler:
             conditions = set_condition(conditions, "Suspended", False, "Resumed", "spec.suspend is false")
         if self._previous_pods_remain(tj, attempt, note, {**extra, "conditions": conditions}):
             return False
+        if attempt > 1:
+            self.kube.delete_service(meta["namespace"], multinode.service_name(meta["name"], attempt - 1))
         run = status.get("runId") or pods.run_id(meta["namespace"], meta["name"], meta["uid"])
         uri = validation.storage_uri(spec, self.settings.storage)
         members = multinode.pod_set(tj, spec, attempt, run, uri, self.settings)
@@ -240,15 +254,17 @@ class Reconciler:
 
     def _previous_pods_remain(self, tj: dict[str, Any], attempt: int, note: str, extra: dict[str, Any]) -> bool:
         """Hold attempt `attempt` back while pods of earlier attempts remain: record the wait (with `extra`, e.g.
-        the failure just counted) in the status and delete any that still run. True while it waits."""
+        the failure just counted) in the status, then delete any that still run (the other nodes of a failed
+        or lost one would wait for it in a collective forever). True while it waits.
+
+        The status is written before any deletion: a restart in between finds the failure counted and the
+        attempt ended, and deletes them then; the other order would let it see only pods gone (Missing) and
+        start the next attempt without counting the failure."""
         namespace, _ = queue.key(tj)
         remaining = handover.blocking(self.kube.list_pods((namespace,), multinode.job_selector(tj)), attempt,
                                       tj["metadata"]["uid"])
         if not remaining:
             return False
-        for pod in remaining:
-            if not handover.terminating(pod):  # an earlier attempt's leftover (e.g. a restart mid-deletion)
-                self.kube.delete_pod(namespace, pod["metadata"]["name"])
         names = [p["metadata"]["name"] for p in remaining]
         conditions, message, stuck = handover.waiting(extra["conditions"], names, attempt,
                                                       handover.grace_seconds(remaining),
@@ -260,12 +276,13 @@ class Reconciler:
             message = previous  # keep what ended the attempt (the note of the first wait) in view
         self._write(tj, {**extra, "phase": "Running", "podName": None, "terminating": names,
                          "conditions": conditions, "message": f"{note}{message}"})
+        for pod in remaining:
+            if not handover.terminating(pod):
+                self.kube.delete_pod(namespace, pod["metadata"]["name"])
         return True
 
     def _failed(self, tj: dict[str, Any], spec: TrainingJobSpec, state: PodState) -> bool:
         status = _status(tj)
-        if spec.resources.nodes > 1:
-            self._delete_attempt(tj)  # the other nodes wait on the failed one in a collective
         attempt, failures = int(status.get("attempts") or 1), int(status.get("failures") or 0) + 1
         what = f"attempt {attempt} {'disrupted' if state.disrupted else 'failed'} ({state.describe()})"
         extra = {"failures": failures, "conditions": set_condition(
@@ -274,6 +291,7 @@ class Reconciler:
             message = f"{what}; all {spec.retries} retries spent"
             self.emit(tj, "Warning", "Failed", message)
             self._finish(tj, "Failed", message, state.reason, extra)
+            self._stop_leftovers(tj)  # after the status: a restart in between must not start another attempt
             return True
         self.emit(tj, "Warning", "Retrying", f"{what}; retry {failures} of {spec.retries}")
         return self._start(tj, spec, attempt + 1, f"{what}; ", extra)

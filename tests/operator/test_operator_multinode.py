@@ -54,13 +54,14 @@ def test_one_node_failing_fails_the_attempt_and_every_node_is_restarted_together
     # Suspending removes every node's pod and the Service; resuming starts all nodes again.
     wait_for(lambda: {"wide-a2-0", "wide-a2-1"} <= set(kubelet.pods), 20, "both nodes of attempt 2 to start")
     k8s.patch_spec("trainingjobs", "wide", {"suspend": True})
-    wait_for(lambda: not k8s.pods() and not services(k8s), 20, "attempt 2's pods and Service to go")
+    # (attempt 1's failed pod stays, like a single node's, for its logs; it holds nothing)
+    wait_for(lambda: k8s.pod_names() == ["wide-a1-1"] and not services(k8s), 20, "attempt 2's pods and Service to go")
     assert k8s.wait_phase("wide", "Queued", timeout=10).get("podName") is None
     k8s.patch_spec("trainingjobs", "wide", {"suspend": False})
 
     done = k8s.wait_phase("wide", "Succeeded", timeout=30)
     assert (done["attempts"], done["failures"]) == (3, 1)
-    assert k8s.pod_names() == ["wide-a3-0", "wide-a3-1"] and services(k8s) == ["wide-a3"]
+    assert k8s.pod_names() == ["wide-a1-1", "wide-a3-0", "wide-a3-1"] and services(k8s) == ["wide-a3"]
     assert all(kubelet.pods[p].proc.returncode == 0 for p in ("wide-a3-0", "wide-a3-1"))
     assert (run.read_report() or {})["resumedFrom"] not in (None, "checkpoint-0")
     assert [a["metadata"]["name"] for a in k8s.list("adapters")] == ["songs-sft-v1"]
@@ -76,16 +77,16 @@ def test_the_next_attempt_waits_for_the_last_ones_pods_to_go_even_across_an_oper
     kubelet.kill("wide-a1-0", signal.SIGSTOP)  # node 0 will be slow to stop: the SIGTERM waits for it
     kubelet.kill("wide-a1-1")  # node 1 dies: the attempt fails, node 0 is deleted
     wait_for(lambda: kubelet.pods["wide-a1-0"].sigterm_sent, 20, "SIGTERM to node 0")
-    # Node 1's pod (exited) goes at once; node 0's stays while its trainer is stopped.
+    # Node 1's pod failed and stays for its logs (it holds nothing); node 0's stays while its trainer is stopped.
     waiting = wait_for(lambda: (s := k8s.status("wide")).get("terminating") == ["wide-a1-0"] and s, 10, "the wait")
     assert (waiting["phase"], waiting["attempts"], waiting["failures"]) == ("Running", 1, 1)
-    assert "podName" not in waiting and k8s.pod_names() == ["wide-a1-0"]
+    assert "podName" not in waiting and k8s.pod_names() == ["wide-a1-0", "wide-a1-1"]
     assert next(c for c in waiting["conditions"] if c["type"] == "PreviousAttemptGone")["reason"] == \
         "WaitingForPreviousAttempt"
 
     op.restart()  # SIGKILL mid-wait: the new operator must neither start attempt 2 early nor count again
     time.sleep(2)  # several polls
-    assert k8s.pod_names() == ["wide-a1-0"] and services(k8s) == []
+    assert k8s.pod_names() == ["wide-a1-0", "wide-a1-1"] and services(k8s) == ["wide-a1"]  # until attempt 2
     assert {k: k8s.status("wide")[k] for k in ("phase", "attempts", "failures", "terminating")} == {
         "phase": "Running", "attempts": 1, "failures": 1, "terminating": ["wide-a1-0"]}
     kubelet.kill("wide-a1-0", signal.SIGCONT)  # it commits its checkpoint, exits, and the pod goes
