@@ -12,7 +12,9 @@ but the objectives average over the tokens of a whole micro-batch, which weights
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -168,3 +170,25 @@ def test_sigterm_stops_both_ranks_at_one_checkpoint_and_resume_continues_exactly
     wa, wb = _adapter(store, two_processes[0], tmp_path), _adapter(store, "evicted", tmp_path)
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], atol=1e-5, rtol=1e-4)
+
+
+def _reference_scores(root: Storage, run_id: str) -> tuple[str, torch.Tensor]:
+    (name,) = root.child("runs", run_id, "reference").list()
+    saved = torch.load(io.BytesIO(root.child("runs", run_id, "reference").read_bytes(name)), weights_only=True)
+    return name, saved["logps"]
+
+
+def test_two_processes_share_the_dpo_reference_pass(store: Storage, tmp_path: Path) -> None:
+    import_rows(store, "prefs", synthetic.preference_rows(), "preference", tmp_path)
+    config = quick_config("prefs", method="dpo", **{"training.maxSteps": 2})
+    code, _, err = _finish(_start(store, config, tmp_path, "--run-id", "dpo-two"))
+    assert code == 0, err[-3000:]
+    shares = sorted(re.findall(r"reference: process (\d) of 2 scored (\d+) of (\d+) samples", err))
+    assert [s[0] for s in shares] == ["0", "1"], err[-3000:]
+    total = int(shares[0][2])
+    assert [int(s[1]) for s in shares] == [(total + 1) // 2, total // 2]  # each scored its half, once
+
+    Run(config, store, run_id="dpo-one", metrics_port=None, display=False).execute()
+    (two_key, two), (one_key, one) = _reference_scores(store, "dpo-two"), _reference_scores(store, "dpo-one")
+    assert two_key == one_key and two.shape == (total,)
+    torch.testing.assert_close(two, one, atol=1e-4, rtol=1e-5)  # gathered back in the samples' order

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from accelerate import PartialState
 
 from tunewright.config import TrainingConfig
 from tunewright.data.rows import PreferenceRow, RankedRow, RatedRow
@@ -146,7 +147,8 @@ class LengthFamily:
 
 def stub_trainer(model: CountingReference) -> Any:
     return SimpleNamespace(model=model, args=SimpleNamespace(per_device_eval_batch_size=2),
-                           _prepare_inputs=lambda b: b, accelerator=SimpleNamespace(autocast=contextlib.nullcontext),
+                           _prepare_inputs=lambda b: b,
+                           accelerator=SimpleNamespace(autocast=contextlib.nullcontext, state=PartialState()),
                            is_world_process_zero=lambda: True)
 
 

@@ -6,6 +6,9 @@ The key hashes the encoded samples themselves (which covers the dataset's conten
 tokenizer/processor and max length, exactly as the model sees them) together with the base model
 reference, its revision and commit, the family and the compute precision. TRL does the same with a
 datasets cache file keyed by data and model fingerprints; ours lives with the run in object storage.
+
+Under data parallelism each process scores a contiguous share of the samples and the shares are gathered
+(accelerate's split_between_processes and gather_object), so N processes take 1/N of the time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 
 from tunewright.storage import Storage
 from tunewright.training.family import Family
@@ -69,6 +73,8 @@ def score(model: Any, family: Family, samples: list[dict[str, Any]], batch_size:
     global reference_batches
     if not hasattr(model, "disable_adapter"):
         raise TypeError("the reference is the base model under a PEFT adapter; this model has no adapter")
+    if not samples:  # a process's share is empty when there are fewer samples than processes
+        return torch.zeros(0), torch.zeros(0)
     logps, tokens = [], []
     was_training = model.training
     model.eval()
@@ -82,6 +88,21 @@ def score(model: Any, family: Family, samples: list[dict[str, Any]], batch_size:
     finally:
         model.train(was_training)
     return torch.cat(logps), torch.cat(tokens)
+
+
+def shared(state: Any, samples: list[dict[str, Any]],
+           score_share: Callable[[list[dict[str, Any]]], tuple[torch.Tensor, torch.Tensor]],
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`score_share` run by every process of `state` (an accelerate state) on its contiguous share of
+    `samples`; every process gets all the scores, in the samples' order."""
+    with state.split_between_processes(samples) as share:
+        logps, tokens = score_share(share)
+    log.info("reference: process %d of %d scored %d of %d samples", state.process_index, state.num_processes,
+             len(share), len(samples))
+    if state.num_processes == 1:
+        return logps, tokens
+    pairs = gather_object(list(zip(logps.tolist(), tokens.tolist(), strict=True)))
+    return torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
 
 
 def cached(store: Storage | None, key_parts: dict[str, Any], samples: list[dict[str, Any]],
@@ -119,8 +140,9 @@ def attach(trainer: Any, datasets: list[list[dict[str, Any]]], family: Family, r
                  "family": family.name}
     logps, tokens = cached(
         run_dir.child(REFERENCE_DIR) if run_dir is not None else None, key_parts, samples,
-        lambda: score(model, family, samples, trainer.args.per_device_eval_batch_size,
-                      trainer._prepare_inputs, trainer.accelerator.autocast),
+        lambda: shared(trainer.accelerator.state, samples, lambda share: score(
+            model, family, share, trainer.args.per_device_eval_batch_size, trainer._prepare_inputs,
+            trainer.accelerator.autocast)),
         write=trainer.is_world_process_zero(),
     )
     scores, counts = iter(logps.tolist()), iter(tokens.tolist())
