@@ -49,17 +49,9 @@ def build_model(directory: Path) -> None:
     """musicgen-small's configuration (facebook/musicgen-small: decoder 1024 wide, 24 layers, 16 heads, ffn
     4096, 4 codebooks x 2048; T5-base text encoder: 768 wide, 12 layers, 12 heads, ffn 3072; EnCodec 32 kHz:
     64 filters, hidden 128, strides 8-5-4-4, 2 LSTM layers, codebook dim 128) with widths x WIDTH."""
-    from transformers import (
-        EncodecConfig,
-        EncodecFeatureExtractor,
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        MusicgenProcessor,
-        T5Config,
-    )
+    from transformers import EncodecConfig, MusicgenDecoderConfig, T5Config
 
-    from tunewright.models.musicgen import pass_signal, word_tokenizer
+    from tunewright.models.musicgen import assemble, word_tokenizer
 
     tokenizer = word_tokenizer()
     text = T5Config(vocab_size=len(tokenizer), d_model=_scaled(768), d_kv=_scaled(64), d_ff=_scaled(3072),
@@ -76,34 +68,11 @@ def build_model(directory: Path) -> None:
     state = torch.random.get_rng_state()
     torch.manual_seed(1234)
     try:
-        model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=codec,
-                                                                decoder=decoder))
-        pass_signal(model.audio_encoder.encoder)
-        init_codebooks(model.audio_encoder)
+        model, processor = assemble(text, codec, decoder, tokenizer)
     finally:
         torch.random.set_rng_state(state)
     model.save_pretrained(directory)
-    MusicgenProcessor(EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE), tokenizer) \
-        .save_pretrained(directory)
-
-
-@torch.no_grad()
-def init_codebooks(codec: Any) -> None:
-    """Codebooks drawn from the residuals the codec sees on synthetic audio (a fresh EnCodec's are all zero,
-    so every code would be 0): tunewright.models.musicgen.init_codebooks, drawing with replacement, since
-    2048 entries outnumber the calibration audio's frames."""
-    from tunewright.data.synthetic_audio import calibration_audio
-
-    gen = torch.Generator().manual_seed(0)
-    audio = torch.from_numpy(calibration_audio(codec.config.sampling_rate))[:, None, :]
-    residual = codec.encoder(audio).transpose(1, 2).reshape(-1, codec.config.codebook_dim)
-    spread = residual.std()
-    for layer in codec.quantizer.layers:
-        picked = torch.randint(residual.shape[0], (codec.config.codebook_size,), generator=gen)
-        embed = residual[picked] + 0.05 * spread * torch.randn(len(picked), residual.shape[1], generator=gen)
-        layer.codebook.embed.copy_(embed)
-        layer.codebook.embed_avg.copy_(embed)
-        residual = residual - layer.codebook.decode(layer.codebook.encode(residual))
+    processor.save_pretrained(directory)
 
 
 def model_dir() -> Path:

@@ -46,15 +46,7 @@ def tiny_musicgen(codebooks: int = 4, codebook_size: int = 64, hidden: int = 64)
     The consistency rules (see transformers' MusicGen): decoder vocab == codebook size; decoder codebooks ==
     the codec's quantizers (set through `target_bandwidths`); pad == bos == decoder start == vocab size.
     """
-    from transformers import (
-        EncodecConfig,
-        EncodecFeatureExtractor,
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        MusicgenProcessor,
-        T5Config,
-    )
+    from transformers import EncodecConfig, MusicgenDecoderConfig, T5Config
 
     tokenizer = word_tokenizer()
     text = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
@@ -70,11 +62,26 @@ def tiny_musicgen(codebooks: int = 4, codebook_size: int = 64, hidden: int = 64)
                                     num_attention_heads=4, ffn_dim=hidden * 2, num_codebooks=codebooks,
                                     max_position_embeddings=2048, pad_token_id=codebook_size,
                                     bos_token_id=codebook_size, decoder_start_token_id=codebook_size)
-    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder))
+    model, processor = assemble(text, codec, decoder, tokenizer)
     assert model.audio_encoder.quantizer.num_quantizers == codebooks
+    return model, processor
+
+
+def assemble(text: Any, codec: Any, decoder: Any, tokenizer: Any) -> tuple[Any, Any]:
+    """A random-weight MusicGen from its text encoder, codec and decoder configs, with a codec that passes
+    signal and has usable codebooks, and its processor (`tokenizer` + the codec's sampling rate)."""
+    from transformers import (
+        EncodecFeatureExtractor,
+        MusicgenConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenProcessor,
+    )
+
+    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder))
     pass_signal(model.audio_encoder.encoder)
     init_codebooks(model.audio_encoder)
-    processor = MusicgenProcessor(EncodecFeatureExtractor(feature_size=1, sampling_rate=TINY_SAMPLE_RATE), tokenizer)
+    processor = MusicgenProcessor(EncodecFeatureExtractor(feature_size=1, sampling_rate=codec.sampling_rate),
+                                  tokenizer)
     return model, processor
 
 
@@ -117,8 +124,9 @@ def pass_signal(encoder: Any) -> None:
 def init_codebooks(codec: Any, seed: int = 0) -> None:
     """Give a random EnCodec usable codebooks (a fresh one has all-zero codebooks, so every code is 0).
 
-    Each quantizer's codebook becomes random frames of the residual it sees on synthetic audio, plus a
-    little noise; deterministic for a seed, so every process builds the identical codec.
+    Each quantizer's codebook becomes random frames of the residual it sees on synthetic audio (drawn with
+    replacement when the codebook has more entries than the audio has frames), plus a little noise;
+    deterministic for a seed, so every process builds the identical codec.
     """
     from tunewright.data.synthetic_audio import calibration_audio
 
@@ -127,7 +135,9 @@ def init_codebooks(codec: Any, seed: int = 0) -> None:
     residual = codec.encoder(audio).transpose(1, 2).reshape(-1, codec.config.codebook_dim)  # (frames, dim)
     spread = residual.std()
     for layer in codec.quantizer.layers:
-        picked = torch.randperm(residual.shape[0], generator=gen)[: codec.config.codebook_size]
+        frames, size = residual.shape[0], codec.config.codebook_size
+        picked = torch.randperm(frames, generator=gen)[:size] if frames >= size else \
+            torch.randint(frames, (size,), generator=gen)
         embed = residual[picked] + 0.05 * spread * torch.randn(len(picked), residual.shape[1], generator=gen)
         layer.codebook.embed.copy_(embed)
         layer.codebook.embed_avg.copy_(embed)
