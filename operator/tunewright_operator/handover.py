@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunewright_operator.pods import LABEL_ATTEMPT
+from tunewright_operator.podstate import unfinished
 from tunewright_operator.status import condition, now, seconds_between, set_condition
 
 CONDITION = "PreviousAttemptGone"
@@ -46,11 +47,6 @@ def terminating(pod: dict[str, Any]) -> bool:
     return bool(pod["metadata"].get("deletionTimestamp"))
 
 
-def running(pod: dict[str, Any]) -> bool:
-    """Not finished: the pod's process may still run (or has yet to)."""
-    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-
-
 def owned_by(pod: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences") or [])
 
@@ -59,7 +55,7 @@ def blocking(pods: list[dict[str, Any]], attempt: int, uid: str) -> list[dict[st
     """The pods that must be gone before attempt `attempt` of the TrainingJob with `uid` starts, by name."""
     def holds(pod: dict[str, Any]) -> bool:
         earlier = (_attempt(pod) or attempt) < attempt
-        return not owned_by(pod, uid) or (earlier and (terminating(pod) or running(pod)))
+        return not owned_by(pod, uid) or (earlier and (terminating(pod) or unfinished(pod)))
     return sorted((p for p in pods if holds(p)), key=lambda p: p["metadata"]["name"])
 
 

@@ -9,6 +9,11 @@ from typing import Any
 DISRUPTION_REASONS = ("Evicted", "Preempted")
 
 
+def unfinished(pod: dict[str, Any]) -> bool:
+    """Neither Succeeded nor Failed: its trainer may still run (or has yet to), terminating or not."""
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
 @dataclass(frozen=True)
 class PodState:
     phase: str  # Pending, Running, Succeeded, Failed, Terminating, Unknown

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 from tunewright_operator.models import TERMINAL_PHASES
+from tunewright_operator.podstate import unfinished
 
 Key = tuple[str, str]
 
@@ -51,8 +52,7 @@ def waiting(tjs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def pod_owners(pods: list[dict[str, Any]], label: str) -> set[Key]:
     """Jobs that own a trainer pod which has not finished (running, pending or terminating)."""
     return {(p["metadata"].get("namespace", ""), p["metadata"]["labels"][label]) for p in pods
-            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-            and label in (p["metadata"].get("labels") or {})}
+            if unfinished(p) and label in (p["metadata"].get("labels") or {})}
 
 
 def busy(tjs: list[dict[str, Any]], owners: set[Key] | None = None) -> set[Key]:

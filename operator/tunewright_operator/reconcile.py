@@ -27,7 +27,7 @@ from tunewright.runs import RunStore
 from tunewright_operator import adapters, handover, metrics, multinode, pods, queue, stores, validation
 from tunewright_operator.kube import TRAININGJOBS, Kube
 from tunewright_operator.models import TERMINAL_PHASES, TrainingJobSpec
-from tunewright_operator.podstate import PodState, pod_state
+from tunewright_operator.podstate import PodState, pod_state, unfinished
 from tunewright_operator.settings import Settings
 from tunewright_operator.status import changed, condition, now, progress_fields, seconds_between, set_condition
 
@@ -65,9 +65,10 @@ class Reconciler:
             tj = self.kube.get(TRAININGJOBS, namespace, name)
             if tj is None:
                 return
-            if _status(tj).get("phase") in TERMINAL_PHASES:
-                if _status(tj)["phase"] == "Failed":
-                    self._stop_leftovers(tj)  # in case a restart came between the final status and the deletion
+            phase = _status(tj).get("phase")
+            if phase == "Failed":
+                self._stop_leftovers(tj)  # in case a restart came between the final status and the deletion
+            if phase in TERMINAL_PHASES:
                 return
             if tj["metadata"].get("deletionTimestamp"):
                 return  # going away; its pods go with it (garbage collection by ownerReference)
@@ -162,9 +163,13 @@ class Reconciler:
     def _stop_leftovers(self, tj: dict[str, Any]) -> None:
         """Delete the job's pods that still run, e.g. the other nodes of a multi-node attempt that failed."""
         namespace, _ = queue.key(tj)
-        for pod in self.kube.list_pods((namespace,), multinode.job_selector(tj)):
-            if handover.owned_by(pod, tj["metadata"]["uid"]) and handover.running(pod) \
-                    and not handover.terminating(pod):
+        self._delete_unless_terminating(namespace, [
+            p for p in self.kube.list_pods((namespace,), multinode.job_selector(tj))
+            if handover.owned_by(p, tj["metadata"]["uid"]) and unfinished(p)])
+
+    def _delete_unless_terminating(self, namespace: str, found: list[dict[str, Any]]) -> None:
+        for pod in found:
+            if not handover.terminating(pod):
                 self.kube.delete_pod(namespace, pod["metadata"]["name"])
 
     def _invalid(self, tj: dict[str, Any], message: str) -> bool:
@@ -276,9 +281,7 @@ class Reconciler:
             message = previous  # keep what ended the attempt (the note of the first wait) in view
         self._write(tj, {**extra, "phase": "Running", "podName": None, "terminating": names,
                          "conditions": conditions, "message": f"{note}{message}"})
-        for pod in remaining:
-            if not handover.terminating(pod):
-                self.kube.delete_pod(namespace, pod["metadata"]["name"])
+        self._delete_unless_terminating(namespace, remaining)
         return True
 
     def _failed(self, tj: dict[str, Any], spec: TrainingJobSpec, state: PodState) -> bool:
