@@ -51,7 +51,7 @@ tools: .bin/helm .bin/promtool .bin/kubectl
 	-$(PY) tools/fetch_tools.py kubectl
 
 # tunewright vs TRL / an encode-every-step MusicGen loop / no checkpoints, same model+data+hardware, each
-# side in its own process; table + bench/results.json, last line = key ratios. ~12 min on 2 cores; not part
+# side in its own process; table + bench/results.json, last line = key ratios. 7-12 min on 2 cores; not part
 # of `make test`. BENCH_REPS=n changes the repetitions (default 3); BENCH_ARGS="--only dpo,sft" picks
 # comparisons, BENCH_ARGS=--quick checks the plumbing with tiny models.
 bench: install

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "tunewright-bench"
 
 # The shared text setting of the issue: small-llama (hidden 256, 4 layers), seq 128, batch 8, LoRA r16 on
-# q/k/v/o. fp32: these CPUs (AVX2, no AVX512-BF16) emulate bf16 and run it ~20x slower.
+# q/k/v/o. fp32: CPUs without AVX512-BF16 (some machines here) emulate bf16 and run it ~20x slower.
 TEXT = {"model": "small-llama", "batch": 8, "max_length": 128, "precision": "fp32", "rank": 16, "per_prompt": 6}
 
 
