@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunewright_operator.pods import LABEL_ATTEMPT
-from tunewright_operator.podstate import unfinished
+from tunewright_operator.podstate import terminating, unfinished
 from tunewright_operator.status import condition, now, seconds_between, set_condition
 
 CONDITION = "PreviousAttemptGone"
@@ -41,10 +41,6 @@ DEFAULT_GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
 def _attempt(pod: dict[str, Any]) -> int | None:
     value = (pod["metadata"].get("labels") or {}).get(LABEL_ATTEMPT, "")
     return int(value) if value.isdigit() else None
-
-
-def terminating(pod: dict[str, Any]) -> bool:
-    return bool(pod["metadata"].get("deletionTimestamp"))
 
 
 def owned_by(pod: dict[str, Any], uid: str) -> bool:

@@ -9,6 +9,11 @@ from typing import Any
 DISRUPTION_REASONS = ("Evicted", "Preempted")
 
 
+def terminating(pod: dict[str, Any]) -> bool:
+    """Deleted and not yet gone (deletionTimestamp set): its trainer has been sent SIGTERM or soon will."""
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def unfinished(pod: dict[str, Any]) -> bool:
     """Neither Succeeded nor Failed: its trainer may still run (or has yet to), terminating or not."""
     return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
@@ -47,7 +52,7 @@ def _disruption(pod: dict[str, Any]) -> str | None:
 
 
 def pod_state(pod: dict[str, Any]) -> PodState:
-    if pod.get("metadata", {}).get("deletionTimestamp"):
+    if terminating(pod):
         return PodState("Terminating")
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"

@@ -27,7 +27,7 @@ from tunewright.runs import RunStore
 from tunewright_operator import adapters, handover, metrics, multinode, pods, queue, stores, validation
 from tunewright_operator.kube import TRAININGJOBS, Kube
 from tunewright_operator.models import TERMINAL_PHASES, TrainingJobSpec
-from tunewright_operator.podstate import PodState, pod_state, unfinished
+from tunewright_operator.podstate import PodState, pod_state, terminating, unfinished
 from tunewright_operator.settings import Settings
 from tunewright_operator.status import changed, condition, now, progress_fields, seconds_between, set_condition
 
@@ -169,7 +169,7 @@ class Reconciler:
 
     def _delete_unless_terminating(self, namespace: str, found: list[dict[str, Any]]) -> None:
         for pod in found:
-            if not handover.terminating(pod):
+            if not terminating(pod):
                 self.kube.delete_pod(namespace, pod["metadata"]["name"])
 
     def _invalid(self, tj: dict[str, Any], message: str) -> bool:
