@@ -32,6 +32,9 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
     @kopf.on.startup()
     def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
         settings.posting.level = logging.INFO  # our explicit events (log lines are not posted)
+        # No CRD or namespace watching: the chart installs the CRDs and names the namespaces, and grants neither
+        # (with it on, Kopf retries the forbidden watches for ~40 s before it handles anything).
+        settings.scanning.disabled = True
         settings.watching.server_timeout = 600
         settings.networking.request_timeout = 60
         if rec.settings.metrics_port:

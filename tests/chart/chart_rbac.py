@@ -7,6 +7,8 @@ Two ways the operator talks to the API server:
 - Kopf: every `@kopf.on.*` / `@kopf.timer` / `@kopf.daemon` resource is listed and watched; handlers other
   than on.event/index make Kopf patch the object (finalizers, progress annotations); `kopf.event(...)`,
   `kopf.info(...)` and Kopf's own handler reports create core Events.
+An owner reference with `blockOwnerDeletion: true` needs `update` on the owner's `finalizers` subresource
+(the OwnerReferencesPermissionEnforcement admission plugin).
 A permission is (apiGroup, resource, verb).
 """
 
@@ -119,6 +121,17 @@ def _resource(args: list[str]) -> tuple[str, str] | None:
     return group, plural
 
 
+def _owner_finalizers(node: ast.Dict, group: str) -> set[Permission]:
+    """An owner reference literal `{"kind": K, ..., "blockOwnerDeletion": True}` of one of our kinds."""
+    items = {k.value: v for k, v in zip(node.keys, node.values, strict=True)
+             if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+    blocks = items.get("blockOwnerDeletion")
+    kind = items.get("kind")
+    if isinstance(blocks, ast.Constant) and blocks.value is True and isinstance(kind, ast.Constant):
+        return {(group, f"{kind.value.lower()}s/finalizers", "update")}
+    return set()
+
+
 def required_permissions(package: Path) -> set[Permission]:
     """Everything the operator package in `package` needs from the API server."""
     kube_py = package / "kube.py"
@@ -135,6 +148,8 @@ def required_permissions(package: Path) -> set[Permission]:
                   for node in ast.walk(tree) if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple)
                   for t in node.targets if isinstance(t, ast.Name)}
         for node in ast.walk(tree):
+            if isinstance(node, ast.Dict):
+                needed |= _owner_finalizers(node, group)
             if not isinstance(node, ast.Call):
                 continue
             func = node.func
