@@ -1,5 +1,6 @@
-"""Operator test fixtures: the real operator (a subprocess, as in a pod) against the emulated API server,
-a kubelet that runs pods as local processes, and a storage root with a dataset."""
+"""Operator test fixtures: the real operator (a subprocess, as in a pod) against the real API server,
+authenticated as the chart's ServiceAccount with the chart's Role; a kubelet that runs pods as local processes;
+and a storage root with a dataset."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ from typing import Any
 
 import kubernetes
 import pytest
+import yaml
 
-from support.k8s import ClusterThread, Kubelet, wait_for
+from support.control_plane import ControlPlane
+from support.helm import Helm
+from support.k8s import wait_for
+from support.kubelet import Kubelet
 from tunewright.data import synthetic
 from tunewright.data.store import DatasetStore
 from tunewright.storage import Storage, open_storage
@@ -34,7 +39,7 @@ def free_port() -> int:
 
 
 class Operator:
-    """`python -m tunewright_operator` in a subprocess, pointed at the emulator by a kubeconfig."""
+    """`python -m tunewright_operator` in a subprocess, pointed at the API server by a kubeconfig."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log: Path, storage: str, *flags: str):
         self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log
@@ -179,10 +184,24 @@ def pod_events(api: kubernetes.client.ApiClient, namespace: str) -> Iterator[Pod
 
 
 @pytest.fixture
-def api(cluster: ClusterThread) -> kubernetes.client.ApiClient:
-    config = kubernetes.client.Configuration()
-    config.host = cluster.url
-    return kubernetes.client.ApiClient(config)
+def api(control_plane: ControlPlane) -> kubernetes.client.ApiClient:
+    """The test's own client: cluster admin."""
+    return control_plane.client()
+
+
+@pytest.fixture
+def operator_kubeconfig(control_plane: ControlPlane, helm: Helm, namespace: str, tmp_path: Path) -> Path:
+    """Install the chart's ServiceAccount, Role and RoleBinding for `namespace` (as `helm install` with
+    watchNamespaces=[namespace] would) and a kubeconfig with a token of that ServiceAccount (TokenRequest API):
+    every call the operator makes that the chart does not grant is refused."""
+    docs = helm.template({"watchNamespaces": [namespace]}, namespace=namespace)
+    rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    assert sorted(d["kind"] for d in rbac) == ["Role", "RoleBinding", "ServiceAccount"]
+    control_plane.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(map(yaml.safe_dump, rbac)))
+    account = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
+    token = kubernetes.client.CoreV1Api(control_plane.client()).create_namespaced_service_account_token(
+        account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+    return control_plane.write_kubeconfig(tmp_path / "operator.kubeconfig", token, f"system:serviceaccount:{account}")
 
 
 @pytest.fixture
@@ -204,8 +223,9 @@ def kubelet_factory(api: kubernetes.client.ApiClient, namespace: str, tmp_path: 
                     ) -> Iterator[Callable[..., Kubelet]]:
     made: list[Kubelet] = []
 
-    def make(command: list[str] = STANDIN, **env: str) -> Kubelet:
-        kubelet = Kubelet(api, namespace, tmp_path / "node", {"tunewright-train": command}, extra_env=env).start()
+    def make(command: list[str] = STANDIN, node: dict[str, Any] | None = None, **env: str) -> Kubelet:
+        kubelet = Kubelet(api, namespace, tmp_path / "node", {"tunewright-train": command}, extra_env=env,
+                          **(node or {})).start()
         made.append(kubelet)
         return kubelet
 
@@ -215,12 +235,12 @@ def kubelet_factory(api: kubernetes.client.ApiClient, namespace: str, tmp_path: 
 
 
 @pytest.fixture
-def operator_factory(cluster: ClusterThread, namespace: str, tmp_path: Path, store: Storage,
+def operator_factory(operator_kubeconfig: Path, namespace: str, tmp_path: Path, store: Storage,
                      request: pytest.FixtureRequest) -> Iterator[Callable[..., Operator]]:
     made: list[Operator] = []
 
     def make(*flags: str) -> Operator:
-        op = Operator(cluster.kubeconfig_path, namespace, tmp_path / "operator.log", store.uri, *flags)
+        op = Operator(operator_kubeconfig, namespace, tmp_path / "operator.log", store.uri, *flags)
         made.append(op.start())
         return op
 
@@ -231,10 +251,3 @@ def operator_factory(cluster: ClusterThread, namespace: str, tmp_path: Path, sto
     if failed is not None and failed.failed:
         for op in made:
             print(f"--- operator log ---\n{op.log()[-8000:]}")
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    setattr(item, f"rep_{report.when}", report)
-    return report

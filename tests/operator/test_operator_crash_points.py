@@ -3,7 +3,7 @@ no pod of the failed attempt is left running, and the next attempt starts once (
 job fails once and starts nothing).
 
 The reconciler runs against an in-memory API so that the crash can land before each single call that changes
-something, which the end-to-end tests (kmock, real processes) cannot place. Between the crash and the restart
+something, which the end-to-end tests (real API server, real processes) cannot place. Between the crash and the restart
 the "kubelet" finishes every deleted pod: the worst case, where a restarted operator sees only pods gone.
 """
 

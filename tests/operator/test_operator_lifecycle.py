@@ -1,17 +1,17 @@
 """TrainingJob lifecycles end to end with the stand-in trainer (same contract as tunewright-train, no torch):
-the real operator in a subprocess, the emulated API server over HTTP, pods run by the test kubelet."""
+the real operator in a subprocess under the chart's RBAC, a real kube-apiserver + etcd + controller-manager,
+pods run by the test kubelet."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 import yaml
 
@@ -32,20 +32,21 @@ def reached(store: Any, k8s: Any, name: str, step: int) -> None:
     wait_for(lambda: (p := run.read_progress()) is not None and p.step >= step, 20, f"step {step}", interval=0.02)
 
 
-def test_invalid_specs_fail_with_a_clear_message_and_an_event(k8s, operator_factory, kubelet_factory):
+def test_invalid_specs_are_refused_by_the_api_or_fail_with_a_clear_message_and_an_event(k8s, operator_factory,
+                                                                                      kubelet_factory):
     kubelet_factory()
     operator_factory()
-    # A real API server would refuse learningRate 0 by the CRD schema; the emulator does not, so this also
-    # shows the operator's own validation.
-    k8s.create("trainingjobs", "bad-lr", {**SPEC, "training": {"learningRate": 0}})
-    k8s.create("trainingjobs", "no-data", {**SPEC, "dataset": {"id": "nope"}})
-    bad = k8s.wait_phase("bad-lr", "Failed", timeout=20)
-    assert "training.learningRate = 0: must be > 0 and <= 1" in bad["message"]
-    assert [c["reason"] for c in bad["conditions"] if c["type"] == "Failed"] == ["InvalidSpec"]
+    with pytest.raises(kubernetes.client.ApiException) as refused:  # the CRD's schema, at the API server
+        k8s.create("trainingjobs", "bad-lr", {**SPEC, "training": {"learningRate": 0}})
+    assert refused.value.status == 422
+    assert "spec.training.learningRate: Invalid value: 0: spec.training.learningRate in body should be greater " \
+           "than 0" in refused.value.body
+    k8s.create("trainingjobs", "no-data", {**SPEC, "dataset": {"id": "nope"}})  # valid until the store is read
     missing = k8s.wait_phase("no-data", "Failed", timeout=20)
     assert "dataset 'nope' not found" in missing["message"] and "known: songs" in missing["message"]
-    events = wait_for(lambda: [e for e in k8s.events("bad-lr") if e["reason"] == "InvalidSpec"], 10, "an Event")
-    assert events[0]["type"] == "Warning" and "learningRate" in events[0]["message"]
+    assert [c["reason"] for c in missing["conditions"] if c["type"] == "Failed"] == ["InvalidSpec"]
+    events = wait_for(lambda: [e for e in k8s.events("no-data") if e["reason"] == "InvalidSpec"], 10, "an Event")
+    assert events[0]["type"] == "Warning" and "nope" in events[0]["message"]
     assert k8s.pods() == []
 
 
@@ -238,14 +239,15 @@ def test_delete_removes_owned_objects_and_keeps_adapters(store, k8s, operator_fa
     k8s.create("trainingjobs", "running", {**SPEC, "name": "running", "training": {"maxSteps": 200}})
     k8s.wait_phase("finished", "Succeeded", timeout=30)
     wait_for(lambda: k8s.status("running").get("step", 0) >= 2, 20, "progress")
-    owned = {p["metadata"]["name"] for p in k8s.pods()} | {
-        c.metadata.name for c in k8s.core.list_namespaced_config_map(k8s.namespace).items}
+    config_maps = lambda: {c.metadata.name for c in k8s.core.list_namespaced_config_map(  # noqa: E731
+        k8s.namespace, label_selector="app.kubernetes.io/managed-by=tunewright-operator").items}
+    owned = {p["metadata"]["name"] for p in k8s.pods()} | config_maps()
     assert owned == {"finished-a1", "running-a1", "finished-config", "running-config"}
     k8s.delete("trainingjobs", "running")
     k8s.delete("trainingjobs", "finished")
     wait_for(lambda: k8s.get("trainingjobs", "running") is None, 20, "deletion (Kopf's timer finalizer released)")
-    wait_for(lambda: not k8s.pods(), 20, "owned pods to go")
-    assert k8s.core.list_namespaced_config_map(k8s.namespace).items == []
+    wait_for(lambda: not k8s.pods(), 20, "owned pods to go (the garbage collector)")
+    wait_for(lambda: not config_maps(), 20, "owned ConfigMaps to go")
     wait_for(lambda: kubelet.pods["running-a1"].exited(), 20, "the trainer to get SIGTERM")
     assert kubelet.pods["running-a1"].proc.returncode == 143
     assert [a["metadata"]["name"] for a in k8s.list("adapters")] == ["finished-v1"]
@@ -302,32 +304,43 @@ def test_dataset_resources_and_operator_metrics(store, k8s, operator_factory, ku
     assert "tunewright_operator_reconcile_errors_total" in op.metrics()
 
 
-def kubectl_binary() -> str | None:
-    local = Path(__file__).resolve().parents[2] / ".bin" / "kubectl"
-    return str(local) if local.exists() else shutil.which("kubectl")
-
-
-@pytest.mark.skipif(kubectl_binary() is None, reason="no kubectl on this machine (.bin/kubectl or PATH)")
-def test_kubectl_apply_get_delete(cluster, k8s, operator_factory, kubelet_factory, tmp_path):
-    """kubectl against the emulator (no OpenAPI document there, hence --validate=false; no server-side
-    table printing, hence NAME/AGE columns only)."""
+def test_kubectl_apply_get_explain_delete(control_plane, k8s, operator_factory, kubelet_factory, tmp_path):
+    """What a user types, with the kubectl built from the pinned Kubernetes release."""
     kubelet_factory()
     operator_factory()
-    manifest = tmp_path / "tj.yaml"
-    manifest.write_text(yaml.safe_dump({"apiVersion": "tunewright.dev/v1alpha1", "kind": "TrainingJob",
-                                        "metadata": {"name": "applied", "namespace": k8s.namespace}, "spec": SPEC}))
 
-    def kubectl(*args: str) -> str:
-        out = subprocess.run([kubectl_binary(), "--kubeconfig", str(cluster.kubeconfig_path), "-n", k8s.namespace,
-                              *args], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return out.stdout
+    def kubectl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return control_plane.kubectl("-n", k8s.namespace, *args, check=check)
 
-    assert "trainingjob.tunewright.dev/applied created" in kubectl("apply", "--validate=false", "-f", str(manifest))
+    def manifest(name: str, spec: dict[str, Any]) -> str:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"apiVersion": "tunewright.dev/v1alpha1", "kind": "TrainingJob",
+                                        "metadata": {"name": name}, "spec": spec}))
+        return str(path)
+
+    bad = kubectl("apply", "-f", manifest("bad", {**SPEC, "training": {"learningRate": 2, "maxSteps": 0}}),
+                  check=False)
+    print(f"kubectl apply of an invalid TrainingJob: exit {bad.returncode}\n{bad.stderr}")
+    assert bad.returncode == 1 and 'The TrainingJob "bad" is invalid' in bad.stderr
+    assert "spec.training.learningRate: Invalid value: 2: spec.training.learningRate in body should be less " \
+           "than or equal to 1" in bad.stderr
+    assert "spec.training.maxSteps: Invalid value: 0" in bad.stderr
+
+    assert "trainingjob.tunewright.dev/applied created" in kubectl("apply", "-f", manifest("applied", SPEC)).stdout
     k8s.wait_phase("applied", "Succeeded", timeout=30)
-    assert "applied" in kubectl("get", "trainingjobs")
-    assert yaml.safe_load(kubectl("get", "trainingjob", "applied", "-o", "yaml"))["status"]["phase"] == "Succeeded"
-    assert "songs-sft-v1" in kubectl("get", "adapters")
-    assert "deleted" in kubectl("delete", "trainingjob", "applied", "--wait=false")
+    table = kubectl("get", "tj").stdout.splitlines()
+    print("\n".join(table))
+    assert table[0].split() == ["NAME", "PHASE", "METHOD", "STEPS", "LOSS", "AGE"]
+    assert table[1].split()[:4] == ["applied", "Succeeded", "sft", "12/12"]
+    wide = kubectl("get", "tj", "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-3:] == ["LOSS", "ADAPTER", "AGE"] and "songs-sft-v1" in wide[1]
+    assert yaml.safe_load(kubectl("get", "trainingjob", "applied", "-o", "yaml").stdout)["status"]["phase"] == \
+        "Succeeded"
+    assert "songs-sft-v1" in kubectl("get", "adapters").stdout
+    explained = kubectl("explain", "trainingjob.spec.training.learningRate").stdout
+    print(explained)
+    assert "FIELD: learningRate <number>" in explained and "Peak learning rate" in explained
+
+    assert "deleted" in kubectl("delete", "trainingjob", "applied", "--wait=false").stdout
     wait_for(lambda: k8s.get("trainingjobs", "applied") is None, 20, "deletion")
-    assert "songs-sft-v1" in kubectl("get", "adapters")
+    assert "songs-sft-v1" in kubectl("get", "adapters").stdout
