@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint crds chart-crds tools control-plane bench images clean
+.PHONY: install demo demo-music test lint crds chart-crds tools control-plane bench images clean
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(PY) -m tunewright.demo
+
+# Text to music: SFT and DPO adapters on tiny-musicgen from a synthetic rated audio dataset, held-out
+# numbers, base-vs-adapter WAV clips in .tunewright/demo-music/ (see trainer-image/tunewright/demo_music.py).
+demo-music: install
+	$(PY) -m tunewright.demo_music
 
 lint: install
 	$(PY) -m ruff check .

@@ -96,6 +96,40 @@ def test_example_is_valid(path: Path, helm: Helm) -> None:
             kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
 
 
+def _dataset_examples() -> list[Path]:
+    return sorted(EXAMPLES.glob("*.jsonl"))
+
+
+def test_every_example_file_is_checked() -> None:
+    """Manifests and config files by test_example_is_valid, dataset files by the test below."""
+    assert _dataset_examples()
+    assert sorted(EXAMPLES.iterdir()) == sorted(_examples() + _dataset_examples())
+
+
+@pytest.mark.parametrize("path", _dataset_examples(), ids=lambda p: p.name)
+def test_dataset_example_imports(path: Path, tmp_path: Path) -> None:
+    """`music-<kind>.jsonl` imports with `--modality audio` once its clips exist (made here as short tones)."""
+    import numpy as np
+    import soundfile as sf
+
+    from tunewright.data.rows import sample_fields
+    from tunewright.data.store import DatasetStore, parse_rows
+    from tunewright.storage import open_storage
+
+    kind = path.stem.removeprefix("music-")
+    rows = parse_rows(path.read_text().splitlines(), kind, path.name)  # type: ignore[arg-type]
+    src = tmp_path / "src"
+    for clip in {c for row in rows for c in sample_fields(row)}:
+        file = src / clip
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(8_000) / 16_000)
+        sf.write(file, tone.astype(np.float32), 16_000, format=file.suffix[1:].upper())
+    (src / path.name).write_bytes(path.read_bytes())
+    meta = DatasetStore(open_storage(f"file://{tmp_path}/store")).import_file(
+        "example", src / path.name, kind, modality="audio")  # type: ignore[arg-type]
+    assert (meta.kind, meta.modality, meta.samples) == (kind, "audio", len(rows))
+
+
 def test_every_method_has_an_example() -> None:
     methods = {d["spec"]["method"] for p in _examples() for d in yaml.safe_load_all(p.read_text())
                if d and d.get("kind") == "TrainingJob"}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tunewright.cli.main import main
 from tunewright.data.audio_files import MANIFEST, conform, decode_audio, read_manifest
 from tunewright.data.store import DatasetError, DatasetStore
 from tunewright.data.synthetic_audio import write_dataset
@@ -55,33 +56,67 @@ def test_import_copies_the_clips_and_their_content_is_in_the_digest(root: Storag
     assert ds.read_bytes("clips/b.flac") != (src / "clips/b.flac").read_bytes()  # stored data is untouched
 
 
-@pytest.mark.parametrize(("setup", "reference", "message"), [
-    (lambda src: None, "clips/missing.wav", r"row 2, field 'completion': audio file 'clips/missing.wav' not found in"),
-    (lambda src: (src / "clips" / "bad.wav").write_bytes(b"RIFF not really a wave file"), "clips/bad.wav",
-     r"row 2, field 'completion': audio file 'clips/bad.wav' cannot be decoded as audio \(Format not recognised; "
-     r"supported: wav, flac"),
-    (lambda src: None, "../outside.wav", r"row 2, field 'completion': audio file '../outside.wav' must be a path "
-                                         r"relative to the dataset file"),
-])
-def test_a_bad_audio_reference_names_row_field_and_file_and_stores_nothing(
-        root: Storage, tmp_path: Path, setup, reference: str, message: str) -> None:
+def _no_sample_rate(path: Path) -> None:
+    """A wav whose header's sample-rate field is 0."""
+    _tone(path)
+    data = bytearray(path.read_bytes())
+    data[24:28] = (0).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def _zero_frames(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.zeros((0, 1), dtype=np.float32), 16_000)
+
+
+BAD_AUDIO = {  # id: (make the file under the source folder, the row's reference, what the line says)
+    "missing": (lambda src: None, "clips/missing.wav", "is not found in "),
+    "unreadable": (lambda src: (src / "clips" / "dir.wav").mkdir(), "clips/dir.wav", "cannot be read (Is a directory)"),
+    "undecodable": (lambda src: (src / "clips" / "bad.wav").write_bytes(b"RIFF not really a wave file"),
+                    "clips/bad.wav",
+                    "cannot be decoded as audio (Format not recognised; supported: wav, flac, ogg, mp3)"),
+    "empty file": (lambda src: (src / "clips" / "empty.wav").write_bytes(b""), "clips/empty.wav", "is empty (0 bytes)"),
+    "zero-length clip": (lambda src: _zero_frames(src / "clips" / "silent.wav"), "clips/silent.wav",
+                         "holds no audio frames (a zero-length clip)"),
+    "sample rate missing": (lambda src: _no_sample_rate(src / "clips" / "norate.wav"), "clips/norate.wav",
+                            "has no sample rate or no channel count in its header"),
+    "wrong extension": (lambda src: _tone(src / "clips" / "tone.txt", fmt="WAV"), "clips/tone.txt",
+                        "has extension '.txt'; allowed: .wav, .flac, .ogg, .oga, .opus, .mp3"),
+    "no extension": (lambda src: _tone(src / "clips" / "tone", fmt="WAV"), "clips/tone", "has extension '(none)'"),
+    "extension of another format": (lambda src: _tone(src / "clips" / "tone.mp3", fmt="WAV"), "clips/tone.mp3",
+                                    "holds WAV audio but is named .mp3: rename it to match its format"),
+    "parent folder": (lambda src: _tone(src.parent / "outside.wav"), "../outside.wav", "is outside the dataset"),
+    "absolute path": (lambda src: _tone(src.parent / "abs.wav"), "ABS/abs.wav", "is outside the dataset"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_AUDIO)
+def test_bad_audio_is_refused_with_one_line_naming_file_line_field_and_clip(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    setup, reference, says = BAD_AUDIO[case]
     src = tmp_path / "src"
     _tone(src / "clips" / "good.wav")
     setup(src)
-    rows = [{"prompt": "a high tone", "completion": "clips/good.wav", "rating": 5},
-            {"prompt": "a low hum", "completion": reference, "rating": 1}]
-    store = DatasetStore(root)
-    with pytest.raises(DatasetError, match=message):
-        store.import_file("broken", _jsonl(src / "rated.jsonl", rows), "rated", modality="audio")
-    assert store.list() == []
-    assert not store.datasets.exists("broken/clips/good.wav")
+    reference = reference.replace("ABS", str(tmp_path))
+    jsonl = src / "rated.jsonl"
+    jsonl.write_text(json.dumps({"prompt": "a high tone", "completion": "clips/good.wav", "rating": 5}) + "\n\n"
+                     + json.dumps({"prompt": "a low hum", "completion": reference, "rating": 1}) + "\n")
+    storage = f"file://{tmp_path}/store"
+    code = main(["--storage", storage, "dataset", "import", "broken", str(jsonl), "--kind", "rated",
+                 "--modality", "audio"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {jsonl}:3: field 'completion': audio file {reference!r} {says}"), err
+    store = DatasetStore(open_storage(storage))
+    assert store.list() == [] and not store.datasets.exists("broken/clips/good.wav")  # nothing stored
 
 
 def test_every_bad_file_is_counted_in_one_error(root: Storage, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     rows = [{"prompt": f"prompt {i}", "completions": [f"x{i}.wav", f"y{i}.wav"]} for i in range(4)]
-    with pytest.raises(DatasetError, match=r"row 1, field 'completions\[0\]'.*\(and 3 more\)$"):
+    with pytest.raises(DatasetError, match=r"r.jsonl:1: field 'completions\[0\]'.*\(and 3 more\)$"):
         DatasetStore(root).import_file("ranked", _jsonl(src / "r.jsonl", rows), "ranked", modality="audio")
 
 

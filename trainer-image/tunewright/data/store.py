@@ -100,7 +100,7 @@ class DatasetStore:
         if modality == "audio":
             from tunewright.data.audio_files import store_audio_files  # only audio imports need decoders
 
-            extra_digest = store_audio_files(rows, path.parent, self.datasets.child(dataset_id))
+            extra_digest = store_audio_files(rows, path, self.datasets.child(dataset_id))
         meta = DatasetMeta(
             id=dataset_id, kind=kind, modality=modality, samples=len(rows),
             digest=digest_bytes(body + extra_digest), created=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -192,7 +192,7 @@ class MusicgenFamily:
         try:
             wave, rate = decode_audio(data)
         except AudioDecodeError as err:
-            raise DataError(f"audio file {path!r} in {self.dataset_dir.uri} cannot be decoded: {err}") from None
+            raise DataError(f"audio file {path!r} in {self.dataset_dir.uri} {err}") from None
         wave = torch.from_numpy(conform(wave, rate, self.sample_rate, self.audio_channels))
         codec = self.model.audio_encoder
         with _eval(codec):
