@@ -126,6 +126,16 @@ def test_dashboard_uses_only_exported_metrics_and_labels(dashboard: dict[str, An
     assert problems == []
 
 
+def test_dashboard_is_current_and_its_gauges_are_bounded(dashboard: dict[str, Any]) -> None:
+    assert dashboard["schemaVersion"] >= 41  # Grafana 12
+    gauges = [p for p in dashboard["panels"] if p["type"] in ("gauge", "bargauge")]
+    assert gauges
+    for panel in gauges:
+        defaults = panel["fieldConfig"]["defaults"]
+        assert isinstance(defaults.get("min"), int | float) and isinstance(defaults.get("max"), int | float), \
+            panel["title"]
+
+
 def test_the_checker_catches_unknown_names() -> None:
     assert _check("rate(tunewright_train_steps[5m])", set(), "x") == [
         "x: metric tunewright_train_steps is not exported by the trainer or the operator"]
