@@ -92,7 +92,8 @@ def test_every_step_is_a_heartbeat_and_the_checkpoint_interval_is_measured(metri
         clock.now += 120
         metrics.progressed(step)
     got = scrape(metrics.port)
-    assert got[key("tunewright_train_step")] == 23 and got[key("tunewright_train_total_steps")] == 200
+    # step stays the logged one (20 at the start): step, loss and learning rate come from one record
+    assert got[key("tunewright_train_step")] == 20 and got[key("tunewright_train_total_steps")] == 200
     assert got[key("tunewright_train_last_progress_timestamp_seconds")] == start + 360
     assert got[key("tunewright_train_checkpoint_interval_seconds")] == pytest.approx(45 * 120)
 

@@ -5,9 +5,10 @@ Every metric carries the job's labels (trainingjob, namespace, method); the DPO 
 other. A gauge appears once its first value is observed: an SFT run exports no reward gauges.
 
 Liveness, for the stall and stale-checkpoint alerts: `started()` and `progressed()` (called at every optimizer
-step and evaluation batch, not only at logging steps) keep `step`, `last_progress_timestamp_seconds` and
+step and evaluation batch, not only at logging steps) keep `last_progress_timestamp_seconds` and
 `checkpoint_interval_seconds` (the configured checkpoint interval in steps times the mean step time measured
-since the attempt started) current. Timestamps come from `clock` (Unix seconds).
+since the attempt started) current. `step` stays the logged step, so that a scrape's step, loss and learning
+rate are always one metrics.jsonl record's. Timestamps come from `clock` (Unix seconds).
 """
 
 from __future__ import annotations
@@ -97,13 +98,13 @@ class TrainerMetrics:
         now = self.clock()
         self._mark, self._interval_steps = (now, step), checkpoint_interval_steps
         self._gauges["total_steps"].labels(**self.labels).set(total_steps)
+        self._gauges["step"].labels(**self.labels).set(step)
         self._last_checkpoint.labels(**self.labels).set(now)  # what a crash loses is counted from here
         self.progressed(step)
 
     def progressed(self, step: int) -> None:
         """An optimizer step (or an evaluation batch) finished: the heartbeat the stall alert watches."""
         now = self.clock()
-        self._gauges["step"].labels(**self.labels).set(step)
         self._last_progress.labels(**self.labels).set(now)
         if self._mark is not None and step > self._mark[1] and self._interval_steps:
             per_step = (now - self._mark[0]) / (step - self._mark[1])
