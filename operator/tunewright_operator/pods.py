@@ -118,9 +118,12 @@ def pod(tj: dict[str, Any], spec: Any, attempt: int, run: str, storage_uri: str,
     }
     if spec.storage.secret_name:
         container["envFrom"] = [{"secretRef": {"name": spec.storage.secret_name}}]
+    if settings.trainer_image_pull_policy:
+        container["imagePullPolicy"] = settings.trainer_image_pull_policy
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # the operator retries, as a new attempt that resumes from a checkpoint
         "terminationGracePeriodSeconds": settings.grace_seconds,
+        "automountServiceAccountToken": False,  # the trainer never calls the Kubernetes API
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [{"name": "config", "configMap": {"name": config_map_name(name)}},
@@ -136,12 +139,18 @@ def pod(tj: dict[str, Any], spec: Any, attempt: int, run: str, storage_uri: str,
         pod_spec["tolerations"] = tolerations
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
+    if settings.trainer_service_account:
+        pod_spec["serviceAccountName"] = settings.trainer_service_account
+    if settings.trainer_image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in settings.trainer_image_pull_secrets]
+    annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(settings.trainer_metrics_port)} \
+        if settings.trainer_scrape_annotations else {}
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": pod_name(name, attempt),
             "labels": _labels(tj, **{LABEL_ATTEMPT: str(attempt)}),
-            "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(settings.trainer_metrics_port)},
+            **({"annotations": annotations} if annotations else {}),
             "ownerReferences": [owner_reference(tj)],
         },
         "spec": pod_spec,

@@ -42,6 +42,30 @@ def tolerations(text: str) -> tuple[dict[str, Any], ...]:
     return tuple(t.to_dict() for t in _placement("tolerations", text).tolerations or [])
 
 
+def pull_secrets(text: str) -> tuple[str, ...]:
+    """JSON list of Secret references as in a pod spec ([{"name": "regcred"}]); their names."""
+    refs = _json(text)
+    if not isinstance(refs, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str) and r["name"]
+                                             for r in refs):
+        raise argparse.ArgumentTypeError(f'want a JSON list like [{{"name": "regcred"}}]: {text!r}')
+    return tuple(r["name"] for r in refs)
+
+
+def pull_policy(text: str) -> str:
+    if text and text not in PULL_POLICIES:  # empty: Kubernetes' default
+        raise argparse.ArgumentTypeError(f"want one of {', '.join(PULL_POLICIES)}: {text!r}")
+    return text
+
+
+def flag(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"want true or false: {text!r}")
+    return text.lower() == "true"
+
+
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
 @dataclass(frozen=True)
 class Settings:
     image: str = field(default="ghcr.io/tunewright/trainer:0.1.0",
@@ -64,6 +88,15 @@ class Settings:
     gpu_tolerations: tuple[dict[str, Any], ...] = field(
         default=(GPU_TOLERATION,), metadata={"type": tolerations, "help": "JSON tolerations for trainer pods that "
                                              "request GPUs; a TrainingJob's tolerations are added"})
+    trainer_image_pull_policy: str = field(default="", metadata={"type": pull_policy, "help": "trainer pods' "
+                                           "imagePullPolicy (Always, IfNotPresent, Never; empty: Kubernetes' default)"})
+    trainer_image_pull_secrets: tuple[str, ...] = field(
+        default=(), metadata={"type": pull_secrets, "help": "JSON list of Secret references for trainer pods' "
+                              "imagePullSecrets (the Secrets must exist in each job's namespace)"})
+    trainer_service_account: str = field(default="", metadata={"help": "trainer pods' ServiceAccount (it must "
+                                         "exist in each job's namespace; empty: the namespace's default)"})
+    trainer_scrape_annotations: bool = field(default=True, metadata={"type": flag, "help": "prometheus.io/scrape "
+                                             "annotations on trainer pods (false where a PodMonitor scrapes them)"})
     namespaces: tuple[str, ...] = field(default=(), metadata={"help": "namespaces to serve (repeatable or "
                                                               "comma-separated; default: the whole cluster)"})
 

@@ -25,7 +25,9 @@ def trainer_series() -> dict[str, set[str]]:
     record = dict.fromkeys(prometheus.GAUGES, 1.0)
     record |= dict.fromkeys(prometheus.REWARDS, 0.5) | {f"eval_{k}": 0.5 for k in prometheus.REWARDS}
     metrics.observe(record)
-    metrics.checkpoint_committed(1.7e9, 2.0)
+    metrics.started(0, 10, 5)
+    metrics.progressed(1)
+    metrics.checkpoint_committed(2.0)
     return _series(metrics.registry)
 
 

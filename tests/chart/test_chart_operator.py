@@ -107,3 +107,39 @@ def test_pss_checker_rejects_what_the_standard_forbids() -> None:
                      "container c: capabilities.drop must include ALL"):
         assert expected in problems
     assert any("seccompProfile" in p for p in problems) and any("SYS_ADMIN" in p for p in problems)
+
+
+def _operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("TUNEWRIGHT_")}
+
+
+def test_trainer_pods_get_the_charts_pull_settings_and_a_tokenless_service_account(helm: Helm) -> None:
+    values = {"watchNamespaces": ["ml", "ml-staging"],
+              "trainer": {"imagePullPolicy": "Always", "imagePullSecrets": [{"name": "regcred"}]}}
+    docs = helm.template(values)
+    accounts = [d for d in find(docs, "ServiceAccount", "-trainer")]
+    assert [(a["metadata"]["namespace"], a["automountServiceAccountToken"]) for a in accounts] == [
+        ("ml", False), ("ml-staging", False)]
+    pod = _trainer_pod(_operator_env(docs))
+    (container,) = pod["spec"]["containers"]
+    assert container["imagePullPolicy"] == "Always"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["spec"]["serviceAccountName"] == accounts[0]["metadata"]["name"] == "tw-tunewright-trainer"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    # all namespaces: the chart cannot create accounts everywhere; trainer pods keep their namespace's default
+    docs = helm.template({"trainer": {"imagePullSecrets": [{"name": "regcred"}]}})
+    assert not find(docs, "ServiceAccount", "-trainer")
+    pod = _trainer_pod(_operator_env(docs))
+    assert "serviceAccountName" not in pod["spec"] and pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    named = _trainer_pod(_operator_env(helm.template({"trainer": {"serviceAccount": {"name": "trainer"}}})))
+    assert named["spec"]["serviceAccountName"] == "trainer"
+
+
+@pytest.mark.parametrize("pod_monitor", [True, False])
+def test_trainer_pods_are_scraped_one_way_only(helm: Helm, pod_monitor: bool) -> None:
+    docs = helm.template({"metrics": {"podMonitor": {"enabled": pod_monitor}}})
+    annotations = _trainer_pod(_operator_env(docs))["metadata"].get("annotations", {})
+    assert bool(find(docs, "PodMonitor")) == pod_monitor
+    assert ("prometheus.io/scrape" in annotations) != pod_monitor

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import textwrap
 from typing import Any
 
 import kubernetes_validate
@@ -170,6 +172,8 @@ def test_operator_pod_meets_the_restricted_pod_security_standard(helm: Helm) -> 
     ({"metrics": {"prometheusRule": {"noProgressMinutes": "15m"}}}, "/metrics/prometheusRule/noProgressMinutes"),
     ({"trainer": {"gpuTolerations": [{"key": "gpu", "operator": "Maybe"}]}}, "/trainer/gpuTolerations/0/operator"),
     ({"trainer": {"gpuNodeSelector": {"gpus": 1}}}, "/trainer/gpuNodeSelector/gpus"),
+    ({"trainer": {"imagePullPolicy": "Sometimes"}}, "/trainer/imagePullPolicy"),
+    ({"trainer": {"imagePullSecrets": ["regcred"]}}, "/trainer/imagePullSecrets/0"),
 ])
 def test_bad_values_fail_with_the_field_named(helm: Helm, values: dict[str, Any], message: str) -> None:
     import tempfile
@@ -191,3 +195,62 @@ def test_chart_version_matches_the_package() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert chart["appVersion"] == project["version"]
+
+
+def test_chart_works_as_a_subchart_with_global_values_and_name_overrides(helm: Helm) -> None:
+    docs = helm.template({"global": {"imageRegistry": "registry.example.com"}, "fullnameOverride": "tuner"})
+    assert one(docs, "Deployment")["metadata"]["name"] == "tuner"
+    assert one(docs, "ClusterRoleBinding")["subjects"][0]["name"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    renamed = helm.template({"nameOverride": "lora"}, release="ml")
+    deployment = one(renamed, "Deployment")
+    assert deployment["metadata"]["name"] == "ml-lora"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "lora"
+    assert one(renamed, "Service")["spec"]["selector"].items() <= labels.items()
+
+
+def test_security_contexts_are_values_with_restricted_defaults(helm: Helm) -> None:
+    pod = one(helm.template(), "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert restricted_violations(pod) == []  # the image's numeric USER 65532 satisfies runAsNonRoot
+    openshift = {"runAsNonRoot": True, "runAsUser": 1000680000, "seccompProfile": {"type": "RuntimeDefault"}}
+    pod = one(helm.template({"operator": {"podSecurityContext": openshift}}), "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"] == openshift
+    # helm merges a value into the default map: one key changes, the others stay
+    assert _container(helm.template({"operator": {"securityContext": {"readOnlyRootFilesystem": False}}}))[
+        "securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": False,
+                               "capabilities": {"drop": ["ALL"]}}
+
+
+def test_notes_query_fields_that_exist_and_show_a_valid_job(helm: Helm) -> None:
+    import yaml
+
+    from tunewright_operator.models import TrainingJobSpec
+
+    done = helm.run("install", "tw", str(CHART), "--dry-run=client", "--namespace", "tunewright-system")
+    notes = done.stdout.split("NOTES:\n", 1)[1]
+    adapter_crd = yaml.safe_load((CHART / "crds" / "adapters.yaml").read_text())
+    spec_fields = adapter_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    queried = re.findall(r"\{\.spec\.(\w+)\}", notes)
+    assert queried and set(queried) <= set(spec_fields)
+    assert "examples/" not in notes, "the chart does not ship the repository's examples"
+    manifest = re.search(r"<<'EOF'\n(.*?)\n\s*EOF", notes, re.S)
+    assert manifest
+    job = yaml.safe_load(textwrap.dedent(manifest.group(1)))
+    assert job["kind"] == "TrainingJob"
+    TrainingJobSpec.model_validate(job["spec"])
+
+
+def test_values_describe_the_queue_order_the_operator_implements(helm: Helm) -> None:
+    from tunewright_operator import queue
+
+    def job(name: str, priority: int, created: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": "ml", "creationTimestamp": created},
+                "spec": {"priority": priority}, "status": {"phase": "Queued"}}
+
+    jobs = [job("old-low", 0, "2026-01-01T00:00:00Z"), job("new-high", 5, "2026-01-03T00:00:00Z"),
+            job("old-high", 5, "2026-01-02T00:00:00Z")]
+    assert [tj["metadata"]["name"] for tj in sorted(jobs, key=queue.order)] == ["old-high", "new-high", "old-low"]
+    values = (CHART / "values.yaml").read_text()
+    assert "in order of spec.priority (higher first), then creation time (older first)" in values
+    assert "priority class" not in values

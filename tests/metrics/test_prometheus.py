@@ -27,14 +27,27 @@ def key(name: str, **extra: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return name, tuple(sorted({**LABELS, **extra}.items()))
 
 
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def metrics() -> TrainerMetrics:
-    exporter = TrainerMetrics(port=0, labels=LABELS, addr="127.0.0.1")
+def clock() -> Clock:
+    return Clock(1_790_000_000.5)
+
+
+@pytest.fixture
+def metrics(clock: Clock) -> TrainerMetrics:
+    exporter = TrainerMetrics(port=0, labels=LABELS, addr="127.0.0.1", clock=clock)
     yield exporter
     exporter.close()
 
 
-def test_scraped_values_equal_the_observed_records(metrics: TrainerMetrics) -> None:
+def test_scraped_values_equal_the_observed_records(metrics: TrainerMetrics, clock: Clock) -> None:
     train = {"step": 40, "epoch": 1.5, "loss": 0.6931, "learning_rate": 4.5e-3, "grad_norm": 1.25,
              "total_steps": 120, "samples_per_second": 35.5, "tokens_per_second": 2200.0,
              "rewards/chosen": 0.12, "rewards/rejected": -0.08, "rewards/margins": 0.2,
@@ -45,8 +58,9 @@ def test_scraped_values_equal_the_observed_records(metrics: TrainerMetrics) -> N
     metrics.observe({"step": 30, "loss": 0.9, "learning_rate": 5e-3})  # older values get overwritten
     metrics.observe(train)
     metrics.observe(evaluation)
-    metrics.checkpoint_committed(timestamp=1_790_000_000.5, upload_seconds=0.7)
-    metrics.checkpoint_committed(timestamp=1_790_000_100.25, upload_seconds=3.0)
+    metrics.checkpoint_committed(upload_seconds=0.7)
+    clock.now = 1_790_000_100.25
+    metrics.checkpoint_committed(upload_seconds=3.0)
 
     got = scrape(metrics.port)
     p = "tunewright_train_"
@@ -66,6 +80,22 @@ def test_scraped_values_equal_the_observed_records(metrics: TrainerMetrics) -> N
     assert {k: got.get(k) for k in expected} == pytest.approx(expected)
     ours = {name for name, _ in got if name.startswith("tunewright_")}
     assert not {n for n in ours if "logps" in n or "eval_samples" in n}, "unknown keys must not be exported"
+
+
+def test_every_step_is_a_heartbeat_and_the_checkpoint_interval_is_measured(metrics: TrainerMetrics,
+                                                                         clock: Clock) -> None:
+    start = clock.now
+    metrics.started(step=20, total_steps=200, checkpoint_interval_steps=45)  # resumed at step 20
+    assert scrape(metrics.port)[key("tunewright_train_last_checkpoint_timestamp_seconds")] == start
+    assert key("tunewright_train_checkpoint_interval_seconds") not in scrape(metrics.port)  # nothing measured yet
+    for step in (21, 22, 23):  # 2 minutes per step, no logging step among them
+        clock.now += 120
+        metrics.progressed(step)
+    got = scrape(metrics.port)
+    # step stays the logged one (20 at the start): step, loss and learning rate come from one record
+    assert got[key("tunewright_train_step")] == 20 and got[key("tunewright_train_total_steps")] == 200
+    assert got[key("tunewright_train_last_progress_timestamp_seconds")] == start + 360
+    assert got[key("tunewright_train_checkpoint_interval_seconds")] == pytest.approx(45 * 120)
 
 
 def test_an_sft_run_exports_no_reward_gauges_and_exporters_are_independent() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,14 @@ from tunewright.training.run import Outcome, Run
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Storage, Outcome]:
+def metrics_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, metrics_port: int) -> tuple[Storage, Outcome]:
     from support.trainer import import_rows
     from tunewright.data import synthetic
 
@@ -27,7 +36,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Storage, Outcome]
     import_rows(root, "songs", synthetic.rated_rows(), "rated", tmp)
     import_rows(root, "prefs", synthetic.preference_rows(prompts=4), "preference", tmp)
     config = quick_config("songs", **{"training.epochs": 3, "checkpointing.everySteps": 10})
-    return root, Run(config, root, metrics_port=None, display=False).execute()
+    return root, Run(config, root, metrics_port=metrics_port, display=False).execute()
+
+
+def test_metrics_endpoint_ends_with_the_liveness_gauges_of_the_whole_run(trained: tuple[Storage, Outcome],
+                                                                          metrics_port: int) -> None:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    got = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+           if line.startswith("tunewright_train_")}
+    assert got["tunewright_train_step"] == got["tunewright_train_total_steps"] == trained[1].report["steps"]
+    assert got["tunewright_train_last_progress_timestamp_seconds"] > 1.7e9
+    assert got["tunewright_train_last_checkpoint_timestamp_seconds"] > 1.7e9
+    # everySteps 10, an epoch has fewer: the interval is an epoch's steps times the measured step time
+    assert 0 < got["tunewright_train_checkpoint_interval_seconds"] < 600
 
 
 def test_sft_lowers_validation_loss_on_rule_following_samples(trained: tuple[Storage, Outcome]) -> None:

@@ -1,14 +1,19 @@
 {{/* Names and labels shared by every template. */}}
 
 {{- define "tunewright.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "tunewright.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -35,29 +40,21 @@ app.kubernetes.io/part-of: tunewright
 {{- end -}}
 {{- end -}}
 
+{{/* The trainer pods' ServiceAccount; empty: their namespace's default. */}}
+{{- define "tunewright.trainerServiceAccountName" -}}
+{{- if .Values.trainer.serviceAccount.name -}}
+{{- .Values.trainer.serviceAccount.name -}}
+{{- else if and .Values.trainer.serviceAccount.create .Values.watchNamespaces -}}
+{{- printf "%s-trainer" (include "tunewright.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "tunewright.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
 {{- define "tunewright.trainerImage" -}}
 {{- printf "%s:%s" .Values.trainer.image.repository (default .Chart.AppVersion .Values.trainer.image.tag) -}}
-{{- end -}}
-
-{{/* Restricted Pod Security Standard: the same settings the operator gives trainer pods. */}}
-{{- define "tunewright.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-fsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
-{{- end -}}
-
-{{- define "tunewright.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-capabilities:
-  drop: [ALL]
 {{- end -}}
 
 {{/* Labels the operator puts on every trainer pod (operator/tunewright_operator; checked by a test). */}}

@@ -82,6 +82,12 @@ class CommitCheckpointCallback(TrainerCallback):
                               _eval_metric_at(state, state.global_step))
 
 
+def checkpoint_interval_steps(args: TrainingArguments, state: TrainerState) -> int:
+    """The most steps between two checkpoints: every `save_steps`, and each epoch end (EpochEndCallback)."""
+    epoch = math.ceil(state.max_steps / max(state.num_train_epochs, 1))
+    return min(int(args.save_steps), epoch) if args.save_strategy == "steps" else epoch
+
+
 class RunLogCallback(TrainerCallback):
     """Each log event → one line of metrics.jsonl, progress.json, the Prometheus gauges and the terminal."""
 
@@ -107,6 +113,8 @@ class RunLogCallback(TrainerCallback):
         self._mark = (time.monotonic(), state.global_step, self.trainer.tokens_seen)
         self.progress.total_steps = state.max_steps
         self.display.start(state.max_steps, state.global_step)
+        if self.prometheus is not None:
+            self.prometheus.started(state.global_step, state.max_steps, checkpoint_interval_steps(args, state))
 
     def _throughput(self, state: TrainerState, world_size: int) -> dict[str, float]:
         """Since the last log. Token counts are this rank's: data parallelism multiplies them by the world size."""
@@ -150,6 +158,13 @@ class RunLogCallback(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
         self.display.advance(state.global_step)
+        if self.prometheus is not None:
+            self.prometheus.progressed(state.global_step)
+
+    def on_prediction_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                           **kwargs: Any) -> None:
+        if self.prometheus is not None:  # a long evaluation is progress too
+            self.prometheus.progressed(state.global_step)
 
     def _update_progress(self, record: dict[str, Any]) -> None:
         p = self.progress

@@ -3,10 +3,18 @@
 Every metric carries the job's labels (trainingjob, namespace, method); the DPO reward gauges also carry
 `split` ("train", or "eval" for the `eval_`-prefixed keys) so train and eval values do not overwrite each
 other. A gauge appears once its first value is observed: an SFT run exports no reward gauges.
+
+Liveness, for the stall and stale-checkpoint alerts: `started()` and `progressed()` (called at every optimizer
+step and evaluation batch, not only at logging steps) keep `last_progress_timestamp_seconds` and
+`checkpoint_interval_seconds` (the configured checkpoint interval in steps times the mean step time measured
+since the attempt started) current. `step` stays the logged step, so that a scrape's step, loss and learning
+rate are always one metrics.jsonl record's. Timestamps come from `clock` (Unix seconds).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
@@ -39,8 +47,10 @@ UPLOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 class TrainerMetrics:
     """Prometheus metrics of one training process, in a registry of its own (several may coexist)."""
 
-    def __init__(self, port: int | None, labels: dict[str, str], addr: str = "0.0.0.0"):
+    def __init__(self, port: int | None, labels: dict[str, str], addr: str = "0.0.0.0",
+                 clock: Callable[[], float] = time.time):
         self.labels = dict(labels)
+        self.clock = clock
         self.registry = CollectorRegistry(auto_describe=True)
         names = sorted(self.labels)
         self._gauges: dict[str, Gauge] = {}
@@ -49,8 +59,17 @@ class TrainerMetrics:
         for name, doc in REWARDS.values():
             self._gauges[name] = Gauge(PREFIX + name, doc, [*names, "split"], registry=self.registry)
         self._last_checkpoint = Gauge(PREFIX + "last_checkpoint_timestamp_seconds",
-                                      "Unix time of the last committed checkpoint.", names,
-                                      registry=self.registry)
+                                      "Unix time of the last committed checkpoint (of the attempt's start "
+                                      "until its first).", names, registry=self.registry)
+        self._last_progress = Gauge(PREFIX + "last_progress_timestamp_seconds",
+                                    "Unix time of the last optimizer step or evaluation batch.", names,
+                                    registry=self.registry)
+        self._checkpoint_interval = Gauge(PREFIX + "checkpoint_interval_seconds",
+                                          "Expected seconds between checkpoints: the configured interval in "
+                                          "steps times the measured mean seconds per step.", names,
+                                          registry=self.registry)
+        self._mark: tuple[float, int] | None = None  # (time, step) at the attempt's start
+        self._interval_steps = 0
         self._upload = Histogram(PREFIX + "checkpoint_upload_seconds",
                                  "Seconds from the start of a checkpoint's upload to its commit.", names,
                                  buckets=UPLOAD_BUCKETS, registry=self.registry)
@@ -74,8 +93,25 @@ class TrainerMetrics:
             if reward is not None:
                 self._gauges[reward[0]].labels(**self.labels, split=split).set(number)
 
-    def checkpoint_committed(self, timestamp: float, upload_seconds: float) -> None:
-        self._last_checkpoint.labels(**self.labels).set(timestamp)
+    def started(self, step: int, total_steps: int, checkpoint_interval_steps: int) -> None:
+        """Training (this attempt) begins at `step`; a checkpoint is due every `checkpoint_interval_steps`."""
+        now = self.clock()
+        self._mark, self._interval_steps = (now, step), checkpoint_interval_steps
+        self._gauges["total_steps"].labels(**self.labels).set(total_steps)
+        self._gauges["step"].labels(**self.labels).set(step)
+        self._last_checkpoint.labels(**self.labels).set(now)  # what a crash loses is counted from here
+        self.progressed(step)
+
+    def progressed(self, step: int) -> None:
+        """An optimizer step (or an evaluation batch) finished: the heartbeat the stall alert watches."""
+        now = self.clock()
+        self._last_progress.labels(**self.labels).set(now)
+        if self._mark is not None and step > self._mark[1] and self._interval_steps:
+            per_step = (now - self._mark[0]) / (step - self._mark[1])
+            self._checkpoint_interval.labels(**self.labels).set(per_step * self._interval_steps)
+
+    def checkpoint_committed(self, upload_seconds: float) -> None:
+        self._last_checkpoint.labels(**self.labels).set(self.clock())
         self._upload.labels(**self.labels).observe(upload_seconds)
 
     def close(self) -> None:

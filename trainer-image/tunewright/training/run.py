@@ -306,7 +306,7 @@ class Run:
                 best[0] = info
             logger.checkpoint_committed(info.name, best[0].name if best[0] else None)
             if logger.prometheus is not None:
-                logger.prometheus.checkpoint_committed(time.time(), upload_seconds)
+                logger.prometheus.checkpoint_committed(upload_seconds)
             shutil.rmtree(hf_dir / info.name, ignore_errors=True)  # the local staging copy is no longer needed
 
         self.checkpoints.on_commit.append(committed)
