@@ -7,7 +7,7 @@ from typing import Any
 from tunewright.registry import AdapterRecord
 from tunewright_operator.kube import ADAPTERS, Kube
 from tunewright_operator.models import API_VERSION
-from tunewright_operator.pods import LABEL_JOB, MANAGED_BY
+from tunewright_operator.pods import LABEL_JOB, MANAGED_BY, job_label
 
 
 def adapter_name(record: AdapterRecord) -> str:
@@ -20,7 +20,7 @@ def adapter_body(record: AdapterRecord, job: str) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION, "kind": "Adapter",
         "metadata": {"name": adapter_name(record),
-                     "labels": {**MANAGED_BY, LABEL_JOB: job, "tunewright.dev/adapter": record.name,
+                     "labels": {**MANAGED_BY, LABEL_JOB: job_label(job), "tunewright.dev/adapter": record.name,
                                 "tunewright.dev/version": str(record.version)}},
         "spec": record.to_dict(),
     }

@@ -15,7 +15,7 @@ import prometheus_client
 from tunewright_operator import datasets, metrics
 from tunewright_operator.kube import DATASETS, TRAININGJOBS, Kube
 from tunewright_operator.models import GROUP, TERMINAL_PHASES, VERSION
-from tunewright_operator.pods import LABEL_JOB, MANAGED_BY
+from tunewright_operator.pods import LABEL_JOB, MANAGED_BY, owner_job
 from tunewright_operator.reconcile import Reconciler
 from tunewright_operator.settings import Settings
 
@@ -54,8 +54,10 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
 
     @kopf.on.event("v1", "pods", labels={**MANAGED_BY, LABEL_JOB: kopf.PRESENT})
     @metrics.counted("pod")
-    def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
-        rec.reconcile(namespace, labels[LABEL_JOB])
+    def pod_event(namespace: str, meta: kopf.Meta, **_: Any) -> None:
+        job = owner_job(dict(meta))
+        if job:
+            rec.reconcile(namespace, job)
 
     @kopf.timer(*tj, interval=settings.poll_seconds, when=lambda status, **_: status.get("phase") not in
                 TERMINAL_PHASES)

@@ -40,7 +40,7 @@ def service_name(job: str, attempt: int) -> str:
 
 
 def node_pod_name(job: str, attempt: int, rank: int) -> str:
-    return f"{pods.pod_name(job, attempt)}-{rank}"
+    return pods.bounded(job, f"-a{attempt}-{rank}")
 
 
 def pod_names(job: str, attempt: int, nodes: int) -> list[str]:
@@ -55,12 +55,13 @@ def master_addr(tj: dict[str, Any], attempt: int) -> str:
 
 
 def _attempt_labels(tj: dict[str, Any], attempt: int) -> dict[str, str]:
-    return {pods.LABEL_JOB: tj["metadata"]["name"], pods.LABEL_ATTEMPT: str(attempt)}
+    return {pods.LABEL_JOB: pods.job_label(tj["metadata"]["name"]), pods.LABEL_ATTEMPT: str(attempt)}
 
 
 def job_selector(tj: dict[str, Any]) -> str:
     """Label selector for every trainer pod of the TrainingJob, all attempts."""
-    return ",".join(f"{k}={v}" for k, v in {**pods.MANAGED_BY, pods.LABEL_JOB: tj["metadata"]["name"]}.items())
+    labels = {**pods.MANAGED_BY, pods.LABEL_JOB: pods.job_label(tj["metadata"]["name"])}
+    return ",".join(f"{k}={v}" for k, v in labels.items())
 
 
 def attempt_selector(tj: dict[str, Any], attempt: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -21,12 +22,32 @@ SELECTOR = f"app.kubernetes.io/managed-by=tunewright-operator,{LABEL_JOB}"  # th
 TRAINER_COMMAND = "tunewright-train"
 
 
+def bounded(base: str, suffix: str = "", limit: int = 253) -> str:
+    """`base + suffix` when it fits in `limit` characters, else base cut short plus a hash of all of it: any valid
+    TrainingJob name (up to 253 characters, dots allowed) gives valid derived names and label values."""
+    if len(base) + len(suffix) <= limit:
+        return base + suffix
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    return f"{base[:limit - len(suffix) - 9].rstrip('-.')}-{digest}{suffix}"
+
+
+def job_label(job: str) -> str:
+    """The job's name as a label value (at most 63 characters); pods name their job by ownerReference."""
+    return bounded(job, limit=63)
+
+
+def owner_job(meta: dict[str, Any]) -> str | None:
+    """The name of the TrainingJob that controls an object (its controller ownerReference)."""
+    return next((ref["name"] for ref in meta.get("ownerReferences") or []
+                 if ref.get("kind") == "TrainingJob" and ref.get("controller")), None)
+
+
 def pod_name(job: str, attempt: int) -> str:
-    return f"{job}-a{attempt}"
+    return bounded(job, f"-a{attempt}")
 
 
 def config_map_name(job: str) -> str:
-    return f"{job}-config"
+    return bounded(job, "-config")
 
 
 def run_id(namespace: str, name: str, uid: str) -> str:
@@ -42,7 +63,8 @@ def owner_reference(tj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _labels(tj: dict[str, Any], **extra: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "tunewright-trainer", **MANAGED_BY, LABEL_JOB: tj["metadata"]["name"], **extra}
+    return {"app.kubernetes.io/name": "tunewright-trainer", **MANAGED_BY, LABEL_JOB: job_label(tj["metadata"]["name"]),
+            **extra}
 
 
 def config_map(tj: dict[str, Any], config: TrainingConfig) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from tunewright_operator.models import TERMINAL_PHASES
 from tunewright_operator.podstate import unfinished
+from tunewright_operator.pods import owner_job
 
 Key = tuple[str, str]
 
@@ -49,10 +50,10 @@ def waiting(tjs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((tj for tj in tjs if is_waiting(tj)), key=order)
 
 
-def pod_owners(pods: list[dict[str, Any]], label: str) -> set[Key]:
+def pod_owners(pods: list[dict[str, Any]]) -> set[Key]:
     """Jobs that own a trainer pod which has not finished (running, pending or terminating)."""
-    return {(p["metadata"].get("namespace", ""), p["metadata"]["labels"][label]) for p in pods
-            if unfinished(p) and label in (p["metadata"].get("labels") or {})}
+    return {(p["metadata"].get("namespace", ""), job) for p in pods
+            if unfinished(p) and (job := owner_job(p["metadata"]))}
 
 
 def busy(tjs: list[dict[str, Any]], owners: set[Key] | None = None) -> set[Key]:

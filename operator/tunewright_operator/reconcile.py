@@ -99,7 +99,7 @@ class Reconciler:
     def _cluster_state(self) -> tuple[list[dict[str, Any]], set[queue.Key]]:
         """All TrainingJobs and the jobs owning unfinished trainer pods (the queue's inputs); updates gauges."""
         tjs = self.kube.list(TRAININGJOBS, self.settings.namespaces)
-        owners = queue.pod_owners(self.kube.list_pods(self.settings.namespaces, pods.SELECTOR), pods.LABEL_JOB)
+        owners = queue.pod_owners(self.kube.list_pods(self.settings.namespaces, pods.SELECTOR))
         metrics.observe_phases(queue.phases(tjs), len(queue.waiting(tjs)))
         return tjs, owners
 

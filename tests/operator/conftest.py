@@ -196,9 +196,9 @@ def operator_kubeconfig(control_plane: ControlPlane, helm: Helm, namespace: str,
     every call the operator makes that the chart does not grant is refused."""
     docs = helm.template({"watchNamespaces": [namespace]}, namespace=namespace)
     rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
-    assert sorted(d["kind"] for d in rbac) == ["Role", "RoleBinding", "ServiceAccount"]
     control_plane.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(map(yaml.safe_dump, rbac)))
-    account = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
+    (binding,) = [d for d in rbac if d["kind"] == "RoleBinding"]
+    account = binding["subjects"][0]["name"]
     token = kubernetes.client.CoreV1Api(control_plane.client()).create_namespaced_service_account_token(
         account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
     return control_plane.write_kubeconfig(tmp_path / "operator.kubeconfig", token, f"system:serviceaccount:{account}")

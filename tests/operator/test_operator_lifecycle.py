@@ -344,3 +344,17 @@ def test_kubectl_apply_get_explain_delete(control_plane, k8s, operator_factory, 
     assert "deleted" in kubectl("delete", "trainingjob", "applied", "--wait=false").stdout
     wait_for(lambda: k8s.get("trainingjobs", "applied") is None, 20, "deletion")
     assert "songs-sft-v1" in kubectl("get", "adapters").stdout
+
+
+def test_any_valid_name_works_however_long(k8s, operator_factory, kubelet_factory):
+    """A 77-character name with dots: label values, pod, ConfigMap and Service names stay within their limits
+    (the API server refuses any that do not)."""
+    kubelet_factory(STANDIN_STEP_SECONDS="0.05")
+    operator_factory()
+    name = f"{'a' * 30}.songs.{'b' * 40}"
+    k8s.create("trainingjobs", name, {**SPEC, "resources": {"nodes": 2}})
+    done = k8s.wait_phase(name, "Succeeded", timeout=40)
+    assert done["attempts"] == 1 and done["adapterRef"]["name"] == "songs-sft-v1"
+    for pod in k8s.pods():
+        assert pod["metadata"]["ownerReferences"][0]["name"] == name
+        assert all(len(v) <= 63 for v in pod["metadata"]["labels"].values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -118,6 +119,17 @@ def test_every_node_of_a_multi_node_gpu_job_gets_the_gpu_placement() -> None:
     assert settings.gpu_tolerations == (GPU_TAINT,) and settings.gpu_node_selector == {"accelerator": "a100"}
 
 
+@pytest.mark.parametrize("name", ["short", "a" * 63, f"{'a' * 30}.songs.{'b' * 40}", "x" * 253])
+def test_derived_names_and_labels_fit_kubernetes_limits(name: str) -> None:
+    label = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+    assert len(pods.job_label(name)) <= 63 and label.match(pods.job_label(name))
+    assert (pods.job_label(name) == name) == (len(name) <= 63)
+    for derived in (pods.pod_name(name, 12), pods.config_map_name(name), multinode.node_pod_name(name, 12, 7)):
+        assert len(derived) <= 253 and derived.startswith(name[:200])
+    assert len(multinode.service_name(name, 12)) <= 63
+    assert pods.job_label(name + "x") != pods.job_label(name) or len(name) < 63
+
+
 def test_run_id_is_a_stable_dns_label() -> None:
     assert pods.run_id("ml", "tune", TJ["metadata"]["uid"]) == "ml-tune-0f1e2d3c"
     long = pods.run_id("n" * 63, "a.b" + "c" * 200, "ffff0000-1111")
@@ -167,11 +179,12 @@ def test_queue_orders_by_priority_then_creation_and_counts_free_slots() -> None:
     assert queue.admissible(tjs, 3) == [("ns", "urgent"), ("ns", "old")]
     assert queue.position(tjs, ("ns", "new")) == 4
     # A job whose pod exists although its status does not say so (a restart lost the write) holds a slot.
-    pods_ = [{"metadata": {"namespace": "ns", "name": "old-a1", "labels": {"tunewright.dev/trainingjob": "old"}},
+    owned = lambda job: [{"kind": "TrainingJob", "name": job, "controller": True}]  # noqa: E731
+    pods_ = [{"metadata": {"namespace": "ns", "name": "old-a1", "ownerReferences": owned("old")},
               "status": {"phase": "Running"}},
-             {"metadata": {"namespace": "ns", "name": "done-a1", "labels": {"tunewright.dev/trainingjob": "done"}},
+             {"metadata": {"namespace": "ns", "name": "done-a1", "ownerReferences": owned("done")},
               "status": {"phase": "Succeeded"}}]
-    owners = queue.pod_owners(pods_, "tunewright.dev/trainingjob")
+    owners = queue.pod_owners(pods_)
     assert owners == {("ns", "old")}
     assert queue.admissible(tjs, 3, owners) == [("ns", "urgent")]
     assert queue.phases(tjs) == {"Pending": 4, "Running": 1, "Succeeded": 1, "Queued": 1}
