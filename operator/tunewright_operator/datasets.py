@@ -11,11 +11,11 @@ from tunewright_operator import stores
 from tunewright_operator.kube import DATASETS, Kube
 
 
-def read_status(kube: Kube, dataset: dict[str, Any]) -> dict[str, Any]:
-    spec, namespace = dataset.get("spec") or {}, dataset["metadata"]["namespace"]
-    uri = spec.get("uri", "")
+def read_status(kube: Kube, namespace: str, uri: str, secret_name: str | None) -> dict[str, Any]:
+    """The status of the dataset directory at `uri`, read with the S3 credentials in `secret_name` (if any).
+    Storage failures (credentials, access, reachability) are raised, not folded into the status."""
     try:
-        root = stores.open_root(kube, namespace, uri, spec.get("secretName"))
+        root = stores.open_root(kube, namespace, uri, secret_name)
         meta = DatasetMeta.model_validate_json(root.read_bytes(META))
     except FileNotFoundError:
         return {"phase": "Invalid", "message": f"{uri} holds no dataset ({META} missing)"}
@@ -26,7 +26,8 @@ def read_status(kube: Kube, dataset: dict[str, Any]) -> dict[str, Any]:
 
 
 def refresh(kube: Kube, dataset: dict[str, Any]) -> None:
-    status = read_status(kube, dataset)
+    spec = dataset.get("spec") or {}
+    status = read_status(kube, dataset["metadata"]["namespace"], spec.get("uri", ""), spec.get("secretName"))
     current = dataset.get("status") or {}
     if any(current.get(k) != v for k, v in status.items()):
         kube.patch_status(DATASETS, dataset["metadata"]["namespace"], dataset["metadata"]["name"], status)

@@ -7,6 +7,7 @@ No handler needs a finalizer: owned pods, Services and ConfigMaps go with their 
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import kopf
@@ -32,6 +33,9 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
     @kopf.on.startup()
     def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
         settings.posting.level = logging.INFO  # our explicit events (log lines are not posted)
+        settings.posting.reporting_component = "tunewright-operator"  # Events' source (kubectl describe: From)
+        settings.posting.reporting_instance = socket.gethostname()  # the operator's pod
+        settings.posting.event_name_prefix = "tunewright-"
         # No CRD or namespace watching: the chart installs the CRDs and names the namespaces, and grants neither
         # (with it on, Kopf retries the forbidden watches for ~40 s before it handles anything).
         settings.scanning.disabled = True

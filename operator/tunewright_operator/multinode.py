@@ -83,10 +83,10 @@ def rendezvous_service(tj: dict[str, Any], attempt: int) -> dict[str, Any]:
     }
 
 
-def pod_set(tj: dict[str, Any], spec: Any, attempt: int, run: str, storage_uri: str,
-            settings: Settings) -> list[dict[str, Any]]:
+def pod_set(tj: dict[str, Any], spec: Any, attempt: int, run: str, storage_uri: str, settings: Settings,
+            dataset_secret: str | None = None) -> list[dict[str, Any]]:
     """The attempt's pods: `pods.pod` as is for one node; for several, one per node rank."""
-    base = pods.pod(tj, spec, attempt, run, storage_uri, settings)
+    base = pods.pod(tj, spec, attempt, run, storage_uri, settings, dataset_secret)
     nodes = spec.resources.nodes
     if nodes == 1:
         return [base]

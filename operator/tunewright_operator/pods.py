@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from tunewright.config import TrainingConfig
+from tunewright.storage import DATASET_ENV_PREFIX
 from tunewright_operator.models import API_VERSION
 from tunewright_operator.settings import Settings
 
@@ -118,7 +119,8 @@ def _env(tj: dict[str, Any], storage_uri: str, settings: Settings) -> list[dict[
     return [{"name": k, "value": v} for k, v in values.items()]
 
 
-def pod(tj: dict[str, Any], spec: Any, attempt: int, run: str, storage_uri: str, settings: Settings) -> dict[str, Any]:
+def pod(tj: dict[str, Any], spec: Any, attempt: int, run: str, storage_uri: str, settings: Settings,
+        dataset_secret: str | None = None) -> dict[str, Any]:
     """The pod for attempt `attempt`: resumes the run from its latest committed checkpoint."""
     name = tj["metadata"]["name"]
     res = spec.resources
@@ -138,8 +140,11 @@ def pod(tj: dict[str, Any], spec: Any, attempt: int, run: str, storage_uri: str,
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
                          {"name": "scratch", "mountPath": "/tmp"}],
     }
-    if spec.storage.secret_name:
-        container["envFrom"] = [{"secretRef": {"name": spec.storage.secret_name}}]
+    env_from = [{"secretRef": {"name": spec.storage.secret_name}}] if spec.storage.secret_name else []
+    if dataset_secret and dataset_secret != spec.storage.secret_name:
+        env_from.append({"prefix": DATASET_ENV_PREFIX, "secretRef": {"name": dataset_secret}})
+    if env_from:
+        container["envFrom"] = env_from
     if settings.trainer_image_pull_policy:
         container["imagePullPolicy"] = settings.trainer_image_pull_policy
     pod_spec: dict[str, Any] = {

@@ -3,7 +3,8 @@
 Busy: admitted (phase Running: its pods run, or its next attempt waits for the previous one's pods to go) or
 owning a trainer pod that has not finished (also one the status does not know of yet, after a restart, or one
 still terminating). Waiting: not started (or suspended and resumed), not suspended, not finished, not busy.
-Waiting jobs start in order of spec.priority (higher first), then creation time.
+Waiting jobs start in order of spec.priority (higher first), then creation time; a job whose last reconcile
+failed (e.g. its Secret is missing) goes behind the others until it recovers, so it never blocks the queue.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections import Counter
 from typing import Any
 
 from tunewright_operator.models import TERMINAL_PHASES
-from tunewright_operator.podstate import unfinished
 from tunewright_operator.pods import owner_job
+from tunewright_operator.podstate import unfinished
+from tunewright_operator.status import SYNCED
 
 Key = tuple[str, str]
 
@@ -41,9 +43,14 @@ def _priority(tj: dict[str, Any]) -> int:
     return value if isinstance(value, int) else 0
 
 
-def order(tj: dict[str, Any]) -> tuple[int, str, str, str]:
+def _failing(tj: dict[str, Any]) -> bool:
+    """Its last reconcile failed (status.SYNCED is False): it waits behind the jobs that can start."""
+    return any(c.get("type") == SYNCED and c.get("status") == "False" for c in _status(tj).get("conditions") or [])
+
+
+def order(tj: dict[str, Any]) -> tuple[bool, int, str, str, str]:
     meta = tj["metadata"]
-    return -_priority(tj), meta.get("creationTimestamp") or "", meta.get("namespace", ""), meta["name"]
+    return _failing(tj), -_priority(tj), meta.get("creationTimestamp") or "", meta.get("namespace", ""), meta["name"]
 
 
 def waiting(tjs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -24,12 +24,12 @@ from typing import Any
 
 from tunewright.registry import Registry
 from tunewright.runs import RunStore
-from tunewright_operator import adapters, handover, metrics, multinode, pods, queue, stores, validation
+from tunewright_operator import adapters, errors, handover, metrics, multinode, pods, queue, stores, validation
 from tunewright_operator.kube import TRAININGJOBS, Kube
 from tunewright_operator.models import TERMINAL_PHASES, TrainingJobSpec
 from tunewright_operator.podstate import PodState, pod_state, terminating, unfinished
 from tunewright_operator.settings import Settings
-from tunewright_operator.status import changed, condition, now, progress_fields, seconds_between, set_condition
+from tunewright_operator.status import SYNCED, changed, condition, now, progress_fields, seconds_between, set_condition
 
 log = logging.getLogger("tunewright.operator")
 
@@ -72,7 +72,7 @@ class Reconciler:
                 return
             if tj["metadata"].get("deletionTimestamp"):
                 return  # going away; its pods go with it (garbage collection by ownerReference)
-            freed = self._step(tj)
+            freed = self._guarded(tj, self._step)
         if freed:
             self.kick()
 
@@ -84,11 +84,35 @@ class Reconciler:
                 return
             status = _status(tj)
             if status.get("phase") == "Running" and status.get("runId"):
-                spec = validation.parse_spec(tj.get("spec") or {})
-                progress = RunStore(self._storage(tj, spec), status["runId"]).read_progress()
-                if progress is not None:
-                    self._write(tj, progress_fields(progress))
+                self._guarded(tj, self._mirror_progress)
         self.reconcile(namespace, name)
+
+    def _mirror_progress(self, tj: dict[str, Any]) -> bool:
+        spec = validation.parse_spec(tj.get("spec") or {})
+        progress = RunStore(self._storage(tj, spec), _status(tj)["runId"]).read_progress()
+        if progress is not None:
+            self._write(tj, progress_fields(progress))
+        return False
+
+    def _guarded(self, tj: dict[str, Any], step: Callable[[dict[str, Any]], bool]) -> bool:
+        """Run one step; an exception is recorded on the job (Synced=False, a Warning Event once per distinct
+        message) instead of escaping, so the other jobs go on. The next event or poll retries."""
+        try:
+            freed = step(tj)
+        except Exception as err:
+            reason, message = errors.describe(err)
+            log.warning("%s/%s: %s: %s", *queue.key(tj), reason, message)
+            status = _status(tj)
+            previous = condition(status, SYNCED)
+            if previous is None or (previous["reason"], previous["message"]) != (reason, message):
+                self.emit(tj, "Warning", reason, f"{message} (retrying)")
+            self._write(tj, {"phase": status.get("phase") or "Pending", "conditions": set_condition(
+                status.get("conditions"), SYNCED, False, reason, message)})
+            return False
+        if (previous := condition(_status(tj), SYNCED)) and previous["status"] == "False":
+            self._write(tj, {"conditions": set_condition(_status(tj).get("conditions"), SYNCED, True, "Recovered",
+                                                         f"recovered from {previous['reason']}")})
+        return freed
 
     def kick(self) -> None:
         """Start whatever the queue allows (after a job finished, was suspended or deleted)."""
@@ -226,9 +250,12 @@ class Reconciler:
 
     def _prepare(self, tj: dict[str, Any], spec: TrainingJobSpec) -> Any:
         """Checks that need the cluster or storage (once, before the first start)."""
-        config = validation.trainer_config(self.kube, tj["metadata"]["namespace"], spec)
+        namespace = tj["metadata"]["namespace"]
+        dataset = validation.dataset_resource(self.kube, namespace, spec)
+        config = validation.trainer_config(spec, dataset)
         if not _status(tj).get("attempts"):
-            validation.check_dataset(config, self._storage(tj, spec))
+            validation.check_dataset(self.kube, namespace, config, self._storage(tj, spec),
+                                     validation.dataset_secret(spec, dataset))
         return config
 
     def _start(self, tj: dict[str, Any], spec: TrainingJobSpec, attempt: int, note: str = "",
@@ -244,7 +271,9 @@ class Reconciler:
             self.kube.delete_service(meta["namespace"], multinode.service_name(meta["name"], attempt - 1))
         run = status.get("runId") or pods.run_id(meta["namespace"], meta["name"], meta["uid"])
         uri = validation.storage_uri(spec, self.settings.storage)
-        members = multinode.pod_set(tj, spec, attempt, run, uri, self.settings)
+        dataset = validation.dataset_resource(self.kube, meta["namespace"], spec)
+        members = multinode.pod_set(tj, spec, attempt, run, uri, self.settings,
+                                    validation.dataset_secret(spec, dataset))
         if len(members) > 1:
             self.kube.ensure_service(meta["namespace"], multinode.rendezvous_service(tj, attempt))
         names = [self.kube.ensure_pod(meta["namespace"], member)["metadata"]["name"] for member in members]

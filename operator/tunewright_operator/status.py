@@ -7,6 +7,9 @@ from typing import Any
 
 from tunewright.runs import Progress
 
+# False while the last try to reconcile the job failed (an API or storage error); reason and message say why.
+SYNCED = "Synced"
+
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

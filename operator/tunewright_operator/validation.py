@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from tunewright.config import ConfigError, TrainingConfig, validate
-from tunewright.data.store import DatasetError, DatasetStore, open_dataset
+from tunewright.data.store import DatasetError, DatasetStore
 from tunewright.storage import Storage
+from tunewright_operator import datasets
 from tunewright_operator.kube import DATASETS, Kube
 from tunewright_operator.models import TrainingJobSpec
 
@@ -32,23 +33,38 @@ def storage_uri(spec: TrainingJobSpec, default: str) -> str:
     return uri
 
 
-def trainer_config(kube: Kube, namespace: str, spec: TrainingJobSpec) -> TrainingConfig:
+def dataset_resource(kube: Kube, namespace: str, spec: TrainingJobSpec) -> dict[str, Any] | None:
+    """The Dataset resource that spec.dataset.id names, if there is one (else the id is `<storage>/datasets/<id>`)."""
+    return kube.get(DATASETS, namespace, spec.dataset.id) if spec.dataset.id else None
+
+
+def dataset_secret(spec: TrainingJobSpec, dataset: dict[str, Any] | None) -> str | None:
+    """The Secret with the credentials to read the dataset: the Dataset resource's own, else the job's."""
+    own = ((dataset or {}).get("spec") or {}).get("secretName")
+    return own or spec.storage.secret_name
+
+
+def trainer_config(spec: TrainingJobSpec, dataset: dict[str, Any] | None) -> TrainingConfig:
     """The trainer's config file: the spec minus operator-only fields, with a Dataset resource's id resolved
     to its URI (the adapter name is pinned first, since its default derives from the dataset id)."""
     data = spec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=OPERATOR_FIELDS)
     data["name"] = spec.adapter_name()
-    if spec.dataset.id:
-        dataset = kube.get(DATASETS, namespace, spec.dataset.id)
-        if dataset is not None:
-            data["dataset"] = {"uri": dataset["spec"]["uri"]}
+    if dataset is not None:
+        data["dataset"] = {"uri": dataset["spec"]["uri"]}
     return TrainingConfig.model_validate(data)
 
 
-def check_dataset(config: TrainingConfig, root: Storage) -> None:
-    """The dataset exists (whether its kind suits the method is the trainer's call: it knows the objectives)."""
+def check_dataset(kube: Kube, namespace: str, config: TrainingConfig, root: Storage, secret: str | None) -> None:
+    """The dataset exists (whether its kind suits the method is the trainer's call: it knows the objectives): an id
+    under the job's storage root, or a URI read with `secret`'s credentials."""
     ref = config.dataset
     assert ref is not None
-    try:
-        DatasetStore(root).meta(ref.id) if ref.id else open_dataset(ref.uri or "")
-    except DatasetError as err:
-        raise InvalidJob(f"spec.dataset: {err}") from None
+    if ref.id:
+        try:
+            DatasetStore(root).meta(ref.id)
+        except DatasetError as err:
+            raise InvalidJob(f"spec.dataset: {err}") from None
+        return
+    status = datasets.read_status(kube, namespace, ref.uri or "", secret)
+    if status["phase"] != "Ready":
+        raise InvalidJob(f"spec.dataset: {status['message']}")

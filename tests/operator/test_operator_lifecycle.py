@@ -4,6 +4,7 @@ pods run by the test kubelet."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -16,7 +17,11 @@ import pytest
 import yaml
 
 from support.k8s import wait_for
+from support.s3 import aws_env
+from tunewright.data import synthetic
+from tunewright.data.store import DatasetStore
 from tunewright.runs import RunStore
+from tunewright.storage import open_storage
 from tunewright.training.checkpoints import CheckpointStore
 
 SPEC: dict[str, Any] = {"dataset": {"id": "songs"}, "training": {"maxSteps": 12}, "checkpointing": {"everySteps": 4}}
@@ -358,3 +363,56 @@ def test_any_valid_name_works_however_long(k8s, operator_factory, kubelet_factor
     for pod in k8s.pods():
         assert pod["metadata"]["ownerReferences"][0]["name"] == name
         assert all(len(v) <= 63 for v in pod["metadata"]["labels"].values())
+
+
+def test_an_error_shows_on_its_job_and_never_blocks_the_queue(k8s, operator_factory, kubelet_factory):
+    """A job whose storage Secret is missing: the error is on the job (Synced=False with the reason, a Warning
+    Event) and retried; the valid job behind it in the queue runs meanwhile. Creating the Secret heals it."""
+    kubelet_factory(STANDIN_STEP_SECONDS="0.05")
+    operator_factory("--max-concurrent-jobs", "1")
+    k8s.create("trainingjobs", "broken", {**SPEC, "priority": 10,
+                                          "storage": {"uri": "s3://nowhere/x", "secretName": "missing"}})
+    k8s.create("trainingjobs", "fine", {**SPEC, "name": "fine"})
+
+    def synced(name: str) -> dict[str, Any] | None:
+        found = [c for c in k8s.status(name).get("conditions") or [] if c["type"] == "Synced"]
+        return found[0] if found and found[0]["status"] == "False" else None
+
+    error = wait_for(lambda: synced("broken"), 20, "the error on the job")
+    assert error["reason"] == "SecretNotFound" and 'Secret "missing" not found' in error["message"]
+    assert k8s.phase("broken") == "Pending"
+    events = wait_for(lambda: [e for e in k8s.events("broken") if e["reason"] == "SecretNotFound"], 10, "Event")
+    assert events[0]["type"] == "Warning" and events[0]["source"]["component"] == "tunewright-operator"
+    k8s.wait_phase("fine", "Succeeded", timeout=30)
+    assert synced("broken") is not None and k8s.pod_names() == ["fine-a1"]
+
+
+def test_a_dataset_resource_is_read_with_the_credentials_it_names(k8s, s3_root, moto_endpoint, tmp_path,
+                                                                   operator_factory, kubelet_factory):
+    """The operator has no AWS credentials of its own: it reads a Dataset on S3 with the Secret the Dataset
+    names, passes that Secret to the trainer (prefixed, beside the job's own storage Secret), and a Dataset
+    whose Secret is missing shows on the job."""
+    DatasetStore(open_storage(s3_root)).import_file(
+        "songs", synthetic.write_jsonl(synthetic.rated_rows(), tmp_path / "songs.jsonl"), "rated")
+    secret = {k: base64.b64encode(v.encode()).decode() for k, v in aws_env(moto_endpoint).items()}
+    k8s.core.create_namespaced_secret(k8s.namespace, {"metadata": {"name": "data-creds"}, "data": secret})
+    uri = f"{s3_root}/datasets/songs"
+    k8s.create("datasets", "catalog", {"uri": uri, "secretName": "data-creds"})
+    k8s.create("datasets", "locked", {"uri": uri, "secretName": "gone"})
+    kubelet_factory()
+    operator_factory()
+    k8s.create("trainingjobs", "reads", {**SPEC, "dataset": {"id": "catalog"}})
+    k8s.create("trainingjobs", "cannot", {**SPEC, "dataset": {"id": "locked"}})
+
+    done = k8s.wait_phase("reads", "Succeeded", timeout=30)
+    assert done["adapterRef"]["name"] == "catalog-sft-v1"
+    (pod,) = [p for p in k8s.pods() if p["metadata"]["name"] == "reads-a1"]
+    assert {"prefix": "TUNEWRIGHT_DATASET_", "secretRef": {"name": "data-creds"}} in \
+        pod["spec"]["containers"][0]["envFrom"]
+
+    def synced(name: str) -> dict[str, Any] | None:
+        found = [c for c in k8s.status(name).get("conditions") or [] if c["type"] == "Synced"]
+        return found[0] if found and found[0]["status"] == "False" else None
+
+    error = wait_for(lambda: synced("cannot"), 20, "the Dataset's missing Secret on the job")
+    assert error["reason"] == "SecretNotFound" and '"gone"' in error["message"]

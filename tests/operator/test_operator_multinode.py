@@ -29,7 +29,7 @@ def test_one_node_failing_fails_the_attempt_and_every_node_is_restarted_together
     kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
     operator_factory()
     uid = k8s.create("trainingjobs", "wide", SPEC)["metadata"]["uid"]
-    wait_for(lambda: {"wide-a1-0", "wide-a1-1"} <= set(kubelet.pods), 20, "both nodes of attempt 1 to start")
+    wait_for(lambda: {"wide-a1-0", "wide-a1-1"} <= set(kubelet.pods), 40, "both nodes of attempt 1 to start")
     assert k8s.status("wide")["podName"] == "wide-a1-0"
     assert services(k8s) == ["wide-a1"]
     service = k8s.core.read_namespaced_service("wide-a1", k8s.namespace)

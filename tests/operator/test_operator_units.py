@@ -6,10 +6,12 @@ import re
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from kubernetes.client import ApiException
 
 from tunewright.config import validate
 from tunewright.ids import check_id
-from tunewright_operator import handover, multinode, pods, queue
+from tunewright_operator import errors, handover, multinode, pods, queue
 from tunewright_operator.models import TrainingJobSpec
 from tunewright_operator.podstate import pod_state
 from tunewright_operator.settings import Settings
@@ -303,3 +305,16 @@ def test_a_deleted_pod_ends_a_multinode_attempt() -> None:
     deleted = trainer_pod("tune-a1-1", 1, "Running", deleted=True)
     state = multinode.attempt_state({"tune-a1-0": trainer_pod("tune-a1-0", 1), "tune-a1-1": deleted})
     assert (state.phase, state.message) == ("Terminating", "pod tune-a1-1 was deleted")
+
+
+@pytest.mark.parametrize(("err", "reason", "words"), [
+    (NoCredentialsError(), "StorageCredentialsMissing", "set spec.storage.secretName"),
+    (ClientError({"Error": {"Code": "AccessDenied", "Message": "denied"}}, "GetObject"), "StorageAccessDenied",
+     "S3 GetObject: AccessDenied denied"),
+    (EndpointConnectionError(endpoint_url="http://s3.example:9000"), "StorageUnreachable", "s3.example:9000"),
+    (ApiException(status=403, reason="Forbidden"), "KubernetesError", "403 Forbidden"),
+    (RuntimeError("boom"), "InternalError", "RuntimeError: boom"),
+])
+def test_every_failure_gets_a_reason_and_one_line(err: Exception, reason: str, words: str) -> None:
+    got_reason, message = errors.describe(err)
+    assert got_reason == reason and words in message and "\n" not in message

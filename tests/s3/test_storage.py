@@ -12,8 +12,9 @@ import boto3
 import pytest
 
 from support.s3 import BUCKET, SECRET_KEY, FaultProxy
-from tunewright.data.store import DatasetError, DatasetStore
-from tunewright.storage import S3Storage, StorageError, open_storage
+from tunewright.data import synthetic
+from tunewright.data.store import DatasetError, DatasetStore, open_dataset
+from tunewright.storage import DATASET_ENV_PREFIX, S3Storage, StorageError, open_storage
 
 MiB = 2**20
 
@@ -127,3 +128,20 @@ def test_errors_name_the_object_and_never_the_secret(s3_root: str, caplog: pytes
     assert caplog.records, "botocore logged nothing at DEBUG: the check below would prove nothing"
     for text in [*messages, caplog.text]:
         assert SECRET_KEY not in text
+
+
+def test_a_dataset_is_read_with_its_own_credentials(s3_root: str, s3_env: dict[str, str], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer pod of a job whose Dataset names its own Secret gets it as TUNEWRIGHT_DATASET_AWS_*: the
+    dataset is read with those (endpoint included), whatever the run's own are."""
+    DatasetStore(open_storage(s3_root)).import_file(
+        "songs", synthetic.write_jsonl(synthetic.rated_rows(), tmp_path / "songs.jsonl"), "rated")
+    for name, value in s3_env.items():
+        monkeypatch.setenv(DATASET_ENV_PREFIX + name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the run's store: not where the dataset is
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    ds, meta = open_dataset(f"{s3_root}/datasets/songs")
+    assert isinstance(ds, S3Storage) and meta.id == "songs"
+    monkeypatch.delenv(DATASET_ENV_PREFIX + "AWS_ACCESS_KEY_ID")  # no dataset credentials: the run's are used
+    with pytest.raises(StorageError, match="Could not connect to the endpoint URL"):
+        open_dataset(f"{s3_root}/datasets/songs")

@@ -201,26 +201,37 @@ _CLIENT_ENV = (
 )
 
 
-def s3_client() -> Any:
-    """A boto3 S3 client from the standard AWS environment, shared while that environment is unchanged.
+# A dataset's own S3 credentials and endpoint, as TUNEWRIGHT_DATASET_AWS_ACCESS_KEY_ID etc. (the operator passes
+# a Dataset resource's Secret to the trainer with this prefix when it is not the job's storage Secret).
+DATASET_ENV_PREFIX = "TUNEWRIGHT_DATASET_"
+
+
+def s3_client(prefix: str = "") -> Any:
+    """A boto3 S3 client from the standard AWS environment (each variable read as `<prefix>AWS_...`), shared
+    while that environment is unchanged.
 
     Retries of transient faults (5xx, throttling/SlowDown, connection resets, timeouts) use botocore's
     standard mode: exponential backoff with jitter, 8 attempts unless AWS_MAX_ATTEMPTS says otherwise.
     boto3 clients are thread-safe but creating them from the shared default session is not, hence the lock
     and a session per client.
     """
+    env = {name: os.environ.get(prefix + name) for name in _CLIENT_ENV}
     # Hashed so that no secret sits in a printable structure.
-    key = hashlib.sha256(repr([os.environ.get(name) for name in _CLIENT_ENV]).encode()).hexdigest()
+    key = hashlib.sha256(repr([prefix, *env.values()]).encode()).hexdigest()
     with _CLIENTS_LOCK:
         if key not in _CLIENTS:
             import boto3
             from botocore.config import Config
 
-            retries = {"mode": os.environ.get("AWS_RETRY_MODE") or "standard",
-                       "total_max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or 8)}
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+            retries = {"mode": env["AWS_RETRY_MODE"] or "standard",
+                       "total_max_attempts": int(env["AWS_MAX_ATTEMPTS"] or 8)}
+            endpoint = env["AWS_ENDPOINT_URL_S3"] or env["AWS_ENDPOINT_URL"] or None
+            credentials = {"aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+                           "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+                           "aws_session_token": env["AWS_SESSION_TOKEN"],
+                           "region_name": env["AWS_REGION"] or env["AWS_DEFAULT_REGION"]} if prefix else {}
             _CLIENTS[key] = boto3.session.Session().client(
-                "s3", endpoint_url=endpoint,
+                "s3", endpoint_url=endpoint, **credentials,
                 config=Config(retries=retries, connect_timeout=10, read_timeout=60),  # type: ignore[arg-type]
             )
         return _CLIENTS[key]
@@ -431,6 +442,14 @@ class S3Storage(Storage):
     def size(self, key: str) -> int:
         with self._errors("stat", key):
             return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+
+
+def dataset_storage(uri: str) -> Storage:
+    """A dataset directory: read with the dataset's own credentials (DATASET_ENV_PREFIX) when they are given,
+    else with the run's."""
+    if uri.startswith("s3://") and os.environ.get(DATASET_ENV_PREFIX + "AWS_ACCESS_KEY_ID"):
+        return S3Storage(uri, s3_client(DATASET_ENV_PREFIX))
+    return open_storage(uri)
 
 
 def open_storage(uri: str | None = None) -> Storage:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunewright.data.rows import ROW_MODELS, Kind, Modality, Row
 from tunewright.ids import check_id
-from tunewright.storage import Storage, open_storage
+from tunewright.storage import Storage, dataset_storage, open_storage
 
 META = "meta.json"
 SAMPLES = "samples.jsonl"
@@ -134,7 +134,7 @@ def load_rows(ds: Storage, meta: DatasetMeta) -> list[Row]:
 
 def open_dataset(uri: str) -> tuple[Storage, DatasetMeta]:
     """A dataset directory given by URI (a TrainingJob's `dataset.uri`)."""
-    ds = open_storage(uri)
+    ds = dataset_storage(uri)
     try:
         meta = DatasetMeta.model_validate_json(ds.read_bytes(META))
     except FileNotFoundError:
