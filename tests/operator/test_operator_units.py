@@ -212,7 +212,7 @@ def test_gpu_placement_settings_are_json_checked_like_a_job_spec(capsys: pytest.
     for variable, text, problem in [
         ("TUNEWRIGHT_GPU_TOLERATIONS", "[{key: x}]", "not valid JSON"),
         ("TUNEWRIGHT_GPU_TOLERATIONS", '[{"key": "x", "operator": "Maybe"}]', "tolerations.0.operator"),
-        ("TUNEWRIGHT_GPU_TOLERATIONS", '{"key": "x"}', "Input should be a valid list"),
+        ("TUNEWRIGHT_GPU_TOLERATIONS", '{"key": "x"}', 'tolerations = {"key": "x"}: must be a list'),
         ("TUNEWRIGHT_GPU_NODE_SELECTOR", '{"gpus": 1}', "nodeSelector.gpus = 1"),
     ]:
         with pytest.raises(SystemExit) as exit_info:

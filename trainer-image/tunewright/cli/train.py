@@ -8,10 +8,9 @@ import os
 import sys
 from typing import Any
 
-import yaml
-
 from tunewright.cli.common import fail, run_cli
 from tunewright.config import TrainingConfig, apply_overrides, load_config, validate
+from tunewright.documents import parse_yaml
 from tunewright.storage import open_storage
 from tunewright.training import launch
 
@@ -40,7 +39,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        out[key] = parse_yaml(value, f"--set {key}")
     if args.dataset:
         out["dataset"] = {"id": args.dataset}
     return out

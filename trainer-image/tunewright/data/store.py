@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tunewright.config import TYPE_RULES
 from tunewright.data.rows import ROW_MODELS, Kind, Modality, Row
 from tunewright.ids import check_id
 from tunewright.storage import Storage, open_storage
@@ -53,8 +54,8 @@ def parse_rows(lines: list[str], kind: Kind, source: str) -> list[Row]:
         except ValidationError as err:
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "row"
-            msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix(
-                "Value error, ")
+            msg = "unknown field" if first["type"] == "extra_forbidden" else TYPE_RULES.get(
+                first["type"], first["msg"].removeprefix("Value error, "))
             raise DatasetError(f"{source}:{number}: field '{field}': {msg} (a {kind} row is "
                                f"{_shape(kind)})") from None
     if not rows:
