@@ -104,10 +104,10 @@ def _check_expansion(root: Node) -> None:
         stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
 
 
-def decode(data: bytes, source: str) -> str:
+def decode(data: bytes, source: str, max_bytes: int | None = MAX_BYTES) -> str:
     """UTF-8 text of a document; DocumentError names the line of the first undecodable byte."""
-    if len(data) > MAX_BYTES:
-        raise DocumentError(f"{source}: {len(data)} bytes; documents of at most {MAX_BYTES} bytes are allowed")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise DocumentError(f"{source}: {len(data)} bytes; documents of at most {max_bytes} bytes are allowed")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -29,6 +29,7 @@ from tunewright.registry import (
     Registry,
     ReportSummary,
     TrainingJobRef,
+    VersionTaken,
 )
 from tunewright.runs import ADAPTER, CONFIG, METRICS, REPORT, RESULT, RunResult, RunStore
 from tunewright.storage import Storage
@@ -47,6 +48,8 @@ from tunewright.training.report import build_report, print_summary
 from tunewright.training.trainer import ExampleDataset, ObjectiveTrainer
 
 log = logging.getLogger(__name__)
+
+PUBLISH_ATTEMPTS = 20
 
 
 class RunError(RuntimeError):
@@ -322,18 +325,33 @@ class Run:
         set_peft_model_state_dict(trainer.model, load_file(str(local / "adapter_model.safetensors")))
 
     def _publish(self, model: Any, report: dict[str, Any], dataset: Dataset, work: Path) -> RunResult:
-        """Adapter and report into the run, then the registry, then result.json (the run's commit)."""
+        """Adapter and report into the run, then the registry, then result.json (the run's commit).
+        A version taken by a concurrent run of the same adapter name moves this one to the next version."""
         adapter_dir = work / ADAPTER
         model.save_pretrained(str(adapter_dir))
         registry = Registry(self.root)
-        existing = next((r for r in registry.list() if r.run_id == self.run.run_id), None) \
-            if registry.adapters.list_dirs() else None
-        version = existing.version if existing else registry.next_version(self.name)
-        report = {**report, "adapter": {"name": self.name, "version": version}}
-        (adapter_dir / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=True))
-        self.run.dir.upload_dir(adapter_dir, ADAPTER)
-        self.run.dir.write_text(REPORT, json.dumps(report, indent=2, sort_keys=True, allow_nan=True))
-        record = existing or registry.register(AdapterRecord(
+        existing = next((r for r in registry.list() if r.run_id == self.run.run_id), None)
+        for _ in range(PUBLISH_ATTEMPTS):
+            version = existing.version if existing else registry.next_version(self.name)
+            versioned = {**report, "adapter": {"name": self.name, "version": version}}
+            (adapter_dir / REPORT).write_text(json.dumps(versioned, indent=2, sort_keys=True, allow_nan=True))
+            self.run.dir.upload_dir(adapter_dir, ADAPTER)
+            self.run.dir.write_text(REPORT, json.dumps(versioned, indent=2, sort_keys=True, allow_nan=True))
+            try:
+                record = existing or registry.register(self._record(version, versioned, dataset),
+                                                       local_dir=adapter_dir)
+                break
+            except VersionTaken as err:
+                log.warning("%s; registering as the next version", err)
+        else:
+            raise RunError(f"adapter {self.name}: no free registry version after {PUBLISH_ATTEMPTS} attempts")
+        result = RunResult(adapter_name=record.name, adapter_version=record.version, adapter_uri=record.uri,
+                           report_uri=f"{record.uri}/{REPORT}")
+        self.run.dir.write_text(RESULT, result.to_json())
+        return result
+
+    def _record(self, version: int, report: dict[str, Any], dataset: Dataset) -> AdapterRecord:
+        return AdapterRecord(
             name=self.name, version=version, base_model=self.config.base_model,
             base_model_revision=self.config.base_model_revision, method=self.config.method, uri="",
             dataset=DatasetProvenance(id=dataset.meta.id, uri=dataset.dir.uri, digest=dataset.meta.digest,
@@ -342,8 +360,4 @@ class Run:
             report=ReportSummary(final_loss=report["finalTrainLoss"], best_eval_loss=report["bestEvalLoss"],
                                  training_seconds=report["trainingSeconds"], epochs=report["epochs"],
                                  steps=report["steps"], stopped_early=report["stoppedEarly"]),
-        ), local_dir=adapter_dir)
-        result = RunResult(adapter_name=record.name, adapter_version=record.version, adapter_uri=record.uri,
-                           report_uri=f"{record.uri}/{REPORT}")
-        self.run.dir.write_text(RESULT, result.to_json())
-        return result
+        )
