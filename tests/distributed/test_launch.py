@@ -79,9 +79,18 @@ def test_workers_get_the_resolved_run_id_and_a_termination_file_each(root: Stora
     root.write_text("runs/songs-sft-20260101-000000-aaaa/config.json", "{}")
     root.write_text("runs/songs-sft-20260102-000000-bbbb/config.json", "{}")
     root.write_text("runs/songs-sft-20260102-000000-bbbb/result.json", "{}")
-    assert launch.resolve_run_id(root, "songs-sft", None, "latest") == "songs-sft-20260101-000000-aaaa"
-    with pytest.raises(LaunchError, match="no unfinished run of 'other'"):
-        launch.resolve_run_id(root, "other", None, "latest")
+    root.write_text("runs/songs-sft-20260103-000000-cccc/config.json", "{}")
+    with pytest.raises(LaunchError, match=r"^--resume latest needs --run-id .*; unfinished runs of 'songs-sft': "
+                                          r"songs-sft-20260103-000000-cccc, songs-sft-20260101-000000-aaaa$"):
+        launch.resolve_run_id(root, "songs-sft", None, "latest")
+    with pytest.raises(LaunchError, match=r"^--run-id songs-sft-20260103-000000-ccc: no such run in .*; unfinished "
+                                          r"runs of 'songs-sft': songs-sft-20260103-000000-cccc, "):
+        launch.resolve_run_id(root, "songs-sft", "songs-sft-20260103-000000-ccc", "latest")
+    with pytest.raises(LaunchError, match="there is no unfinished run of 'other'"):
+        launch.resolve_run_id(root, "other", None, "checkpoint-4")
+    assert launch.resolve_run_id(root, "songs-sft", "fresh", "auto") == "fresh"  # retries, the operator
+    assert launch.resolve_run_id(root, "x", "songs-sft-20260101-000000-aaaa", "latest") == \
+        "songs-sft-20260101-000000-aaaa"
 
     env = {"LOCAL_RANK": "1", "WORLD_SIZE": "4", "RANK": "3", launch.WORKER_LOGS: str(tmp_path)}
     launch.worker_setup(env)

@@ -38,7 +38,7 @@ def test_pod_manifest() -> None:
     assert container["image"] == "registry/trainer:1"
     assert container["command"] == ["tunewright-train"]
     assert container["args"] == ["--config", "/etc/tunewright/config.yaml", "--storage", "s3://b/p", "--run-id",
-                                 "ml-tune-0f1e2d3c", "--resume", "latest", "--metrics-port", "9400", "--quiet"]
+                                 "ml-tune-0f1e2d3c", "--resume", "auto", "--metrics-port", "9400", "--quiet"]
     assert container["resources"] == {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"},
                                       "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"}}
     assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]

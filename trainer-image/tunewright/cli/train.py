@@ -21,16 +21,38 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset id (sets dataset.id)")
     p.add_argument("--storage", help="storage root URI (default $TUNEWRIGHT_STORAGE or file://./.tunewright)")
     p.add_argument("--run-id", help="run id (default <name>-<timestamp>); retries pass the same id")
-    p.add_argument("--resume", help="'latest' or a checkpoint name, e.g. checkpoint-40")
+    p.add_argument("--resume", help="with --run-id: 'latest' or a checkpoint name (e.g. checkpoint-40) of that "
+                   "run, or 'auto': the latest checkpoint if any, else start the run (retries, the operator)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set training.learningRate=1e-3 (repeatable)")
-    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("TUNEWRIGHT_METRICS_PORT", "9400")),
-                   help="Prometheus /metrics port (0 disables; default 9400)")
+    p.add_argument("--metrics-port", type=_port, default=os.environ.get("TUNEWRIGHT_METRICS_PORT", "9400"),
+                   help="Prometheus /metrics port (0 disables; default 9400; also $TUNEWRIGHT_METRICS_PORT)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
-    p.add_argument("--nproc-per-node", type=int, metavar="N",
+    p.add_argument("--nproc-per-node", type=_positive, metavar="N",
                    help="data-parallel processes on this machine (default: resources.gpus when > 1, else 1); "
                         "more than one process in all runs under torchrun")
     return p
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port or 0 (checked before anything loads; a default string is parsed too)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; use 0 (off) or a port 1-65535") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port; use 0 (off) or a port 1-65535")
+    return port
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
+    return value
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from tunewright.training.callbacks import (
     RunLogCallback,
     TerminalDisplay,
 )
-from tunewright.training.checkpoints import CheckpointStore
+from tunewright.training.checkpoints import CheckpointInfo, CheckpointStore
 from tunewright.training.distributed import CheckpointRanks, check_resume_world, describe_batch, sigterm_callback
 from tunewright.training.family import CausalLMFamily, Family
 from tunewright.training.launch import is_main, resolve_run_id
@@ -151,6 +151,18 @@ def initial_eval_loss(trainer: ObjectiveTrainer) -> float | None:
     return total / max(batches, 1)
 
 
+TRAINER_STATE = "trainer_state.json"
+
+
+def _finished(checkpoint_dir: Path) -> bool:
+    """True when the checkpoint was saved at the run's last step (HF's trainer_state.json says so)."""
+    try:
+        state = json.loads((checkpoint_dir / TRAINER_STATE).read_text())
+        return 0 < int(state["max_steps"]) <= int(state["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def check_config_matches(run: RunStore, config: TrainingConfig) -> None:
     if not run.dir.exists(CONFIG):
         if is_main():
@@ -209,24 +221,40 @@ class Run:
         self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last)
 
     def execute(self) -> Outcome:
+        """Everything that can be checked without the model is checked before anything is written: the
+        dataset (digest), the method/kind match, the registry, the configuration of a resumed run and the
+        checkpoint to resume from; a refused run leaves storage as it was."""
         done = self.run.read_result()
         if done is not None:
             self.display.console.print(f"run {self.run.run_id} already complete: {done.adapter_uri}")
             return Outcome(self.run.run_id, done, self.run.read_report() or {})
+        dataset = resolve_dataset(self.config, self.root)
+        objective = objective_for(self.config.method)
+        if dataset.meta.kind not in objective.kinds:
+            raise DataError(f"method {self.config.method} needs a dataset of kind {' or '.join(objective.kinds)}; "
+                            f"dataset {dataset.meta.id!r} is {dataset.meta.kind}")
+        Registry(self.root).check()
+        start = self._resume_point()
         check_config_matches(self.run, self.config)
         work = Path(tempfile.mkdtemp(prefix=f"tunewright-{self.run.run_id}-"))
         try:
-            return self._train(work)
+            return self._train(work, dataset, objective, start)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _train(self, work: Path) -> Outcome:
+    def _resume_point(self) -> CheckpointInfo | None:
+        """The checkpoint to continue from: none for a new run; with `auto` the latest if any; with `latest`
+        or a name it must be committed."""
+        if not self.resume:
+            return None
+        start = self.checkpoints.resolve("latest" if self.resume == "auto" else self.resume)
+        if start is None and self.resume == "latest":
+            raise RunError(f"run {self.run.run_id} has no committed checkpoint to resume from; start it over with "
+                           "--resume auto, or a new run without --resume")
+        return start
+
+    def _train(self, work: Path, dataset: Dataset, objective: Any, start: CheckpointInfo | None) -> Outcome:
         config = self.config
-        dataset = resolve_dataset(config, self.root)
-        objective = objective_for(config.method)
-        if dataset.meta.kind not in objective.kinds:
-            raise DataError(f"method {config.method} needs a dataset of kind {' or '.join(objective.kinds)}; "
-                            f"dataset {dataset.meta.id!r} is {dataset.meta.kind}")
         model, processor, model_type = load_base(config.base_model, config.base_model_revision)
         family = family_for(model_type, processor, config, dataset, model)
         train_rows, val_rows = split_by_prompt(dataset.rows, config.data.validation_fraction)
@@ -237,7 +265,6 @@ class Run:
         set_seed(config.training.seed)  # LoRA's initialisation draws from the global RNG
         model = with_lora(model, config, family)
 
-        start = self.checkpoints.resolve(self.resume) if self.resume else None
         resume_dir = self.checkpoints.fetch(start.name, work / "resume" / start.name) if start else None
         hf_dir = work / "hf"
         args = training_arguments(config, hf_dir, has_eval=bool(val_ex))
@@ -266,8 +293,14 @@ class Run:
         objective.prepare(trainer, [train_ex, val_ex], family, run_dir=self.run.dir)
         before = initial_eval_loss(trainer) if start is None and is_main() else None
         began = time.monotonic()
+        finished = resume_dir is not None and _finished(resume_dir)
         try:
-            trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+            if finished:  # killed after its last checkpoint, or its publication failed: only publish
+                assert resume_dir is not None
+                log.info("run %s: %s is the final step; publishing without training", self.run.run_id, start.name)
+                self._restore_final(trainer, resume_dir)
+            else:
+                trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
         finally:
             self.display.stop()
             sigterm.restore()
@@ -300,6 +333,16 @@ class Run:
         logger.flush()
         print_summary(report, result.adapter_uri, self.display.console)
         return Outcome(self.run.run_id, result, report, trainer.model, processor)
+
+    @staticmethod
+    def _restore_final(trainer: ObjectiveTrainer, resume_dir: Path) -> None:
+        """The trainer as it was at the end of training: its state and the final checkpoint's weights."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers import TrainerState
+
+        trainer.state = TrainerState.load_from_json(str(resume_dir / TRAINER_STATE))
+        set_peft_model_state_dict(trainer.model, load_file(str(resume_dir / "adapter_model.safetensors")))
 
     def _wire_commits(self, logger: RunLogCallback, hf_dir: Path) -> None:
         best = [self.checkpoints.best()]  # retention never deletes the best, so a running minimum is exact
