@@ -270,11 +270,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         raw = path.read_bytes()
     except OSError as err:
         raise ConfigError([], str(path), f"cannot read {path}: {err.strerror}") from None
+    if not raw.strip():
+        raise ConfigError([], str(path), f"{path} is empty; a config is a mapping such as 'method: sft'")
     try:
         data = parse_document(raw, str(path), yaml_syntax=is_yaml_name(path.name))
     except DocumentError as err:
         raise ConfigError([str(err)], str(path), str(err)) from None
-    if data is None or (not raw.strip()):
+    if data is None:
         raise ConfigError([], str(path), f"{path} is empty; a config is a mapping such as 'method: sft'")
     if not isinstance(data, dict):
         raise ConfigError(["the top level must be a mapping"], str(path))

@@ -130,7 +130,7 @@ def parse_yaml(text: str, source: str) -> Any:
         raise DocumentError(f"{source}: not valid YAML: {type(err).__name__}") from None
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
@@ -147,7 +147,7 @@ def parse_json(text: str, source: str) -> Any:
     if len(text) > MAX_BYTES:
         raise DocumentError(f"{source}: {len(text)} characters; documents of at most {MAX_BYTES} are allowed")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+        return json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_no_constant)
     except json.JSONDecodeError as err:
         raise DocumentError(f"{source}:{err.lineno}: not valid JSON: {err.msg} (column {err.colno})") from None
     except DocumentError as err:

@@ -120,6 +120,20 @@ class Storage(ABC):
         return None
 
 
+def _make_parents(directory: Path) -> list[Path]:
+    """mkdir -p, returning the directories it created (deepest last)."""
+    missing = [d for d in [directory, *directory.parents] if not d.exists()][::-1]
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Undo _make_parents after a failed write, leaving any directory another writer has filled meanwhile."""
+    for d in reversed(created):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
 class LocalStorage(Storage):
     def __init__(self, uri: str):
         self.root = Path(uri.removeprefix("file://")).expanduser().absolute()
@@ -139,7 +153,7 @@ class LocalStorage(Storage):
 
     def write_bytes(self, key: str, data: bytes, exclusive: bool = False) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = _make_parents(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -147,6 +161,10 @@ class LocalStorage(Storage):
                 fh.flush()
                 os.fsync(fh.fileno())
             self._publish(Path(tmp), path, exclusive)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            _remove_empty(created)
+            raise
         finally:
             Path(tmp).unlink(missing_ok=True)
 
@@ -298,10 +316,10 @@ class S3Storage(Storage):
 
     def __init__(self, uri: str, client: Any = None, multipart_threshold: int = MULTIPART_THRESHOLD,
                  multipart_chunksize: int = MULTIPART_CHUNKSIZE):
-        self.uri = uri.rstrip("/")
-        bucket, _, prefix = self.uri.removeprefix("s3://").partition("/")
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         if not bucket:
-            raise StorageError(f"S3 URI {uri!r} names no bucket")
+            raise StorageError(f"S3 URI {uri!r} names no bucket: use s3://bucket/prefix")
+        self.uri = uri.rstrip("/")
         self.bucket = bucket
         self.prefix = clean_key(prefix)
         self._client = client

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from tunewright.cli.common import fail, run_cli
+from tunewright.cli.common import Parser, fail, run_cli
 from tunewright.config import TrainingConfig, apply_overrides, load_config, validate
 from tunewright.documents import parse_yaml
 from tunewright.storage import open_storage
@@ -16,7 +16,7 @@ from tunewright.training import launch
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tunewright-train", description=__doc__)
+    p = Parser(prog="tunewright-train", description=__doc__)
     p.add_argument("--config", help="YAML or JSON training configuration (camelCase keys)")
     p.add_argument("--dataset", help="dataset id (sets dataset.id)")
     p.add_argument("--storage", help="storage root URI (default $TUNEWRIGHT_STORAGE or file://./.tunewright)")
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, argv: list[str]) -> int:
     config = resolve_config(args)
+    root = open_storage(args.storage)  # a bad URI is refused before torch loads
     if not launch.in_worker():
         topo = launch.topology(config, args.nproc_per_node, visible_gpus=_visible_gpus(config))
         if topo.world_size > 1:
@@ -91,7 +92,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> int:
     from tunewright.training.run import Run, TrainingInterrupted  # torch loads only after the config is valid
 
     try:
-        outcome = Run(config, open_storage(args.storage), args.run_id, args.resume,
+        outcome = Run(config, root, args.run_id, args.resume,
                       args.metrics_port or None, display=not args.quiet).execute()
     except TrainingInterrupted as err:
         return fail(str(err), 143)

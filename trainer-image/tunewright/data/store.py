@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunewright.config import TYPE_RULES
 from tunewright.data.rows import ROW_MODELS, Kind, Modality, Row
-from tunewright.documents import decode
+from tunewright.documents import DocumentError, decode, no_duplicate_keys
 from tunewright.ids import check_id
 from tunewright.storage import Storage, open_storage
 
@@ -48,9 +48,13 @@ def parse_rows(lines: list[str], kind: Kind, source: str) -> list[Row]:
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
+            raw = json.loads(line, object_pairs_hook=no_duplicate_keys)
         except json.JSONDecodeError as err:
             raise DatasetError(f"{source}:{number}: not valid JSON ({err.msg})") from None
+        except DocumentError as err:
+            raise DatasetError(f"{source}:{number}: {err}") from None
+        except RecursionError:
+            raise DatasetError(f"{source}:{number}: nested too deeply") from None
         if not isinstance(raw, dict):
             raise DatasetError(f"{source}:{number}: a row must be a JSON object")
         try:

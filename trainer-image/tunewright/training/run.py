@@ -168,7 +168,11 @@ def check_config_matches(run: RunStore, config: TrainingConfig) -> None:
         if is_main():
             run.dir.write_text(CONFIG, json.dumps(config.to_dict(), indent=2, sort_keys=True))
         return
-    stored = json.loads(run.dir.read_text(CONFIG))
+    try:
+        stored = json.loads(run.dir.read_bytes(CONFIG))
+        assert isinstance(stored, dict)
+    except (ValueError, AssertionError):
+        raise RunError(f"{run.dir.uri}/{CONFIG} is corrupt (not a JSON object); start a new run") from None
     current = config.to_dict()
     changed = sorted(k for k in set(stored) | set(current) if k != "resources" and stored.get(k) != current.get(k))
     if changed:
@@ -181,7 +185,10 @@ def resumed_metric_lines(run: RunStore, step: int) -> list[str]:
     if not run.dir.exists(METRICS):
         return []
     lines = [ln for ln in run.dir.read_text(METRICS).splitlines() if ln.strip()]
-    return [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    try:
+        return [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    except (ValueError, AttributeError):
+        raise RunError(f"{run.dir.uri}/{METRICS} is corrupt (a line that is not a JSON object)") from None
 
 
 def training_job_ref() -> TrainingJobRef | None:
