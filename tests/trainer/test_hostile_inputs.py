@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,19 @@ PREF_ROW = {"prompt": "p", "chosen": "a", "rejected": "b"}
 def _snapshot(where: Path) -> dict[str, str]:
     return {p.relative_to(where).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
             for p in sorted(where.rglob("*"))}
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLIs' main() configures logging (levels of noisy libraries, a root handler); in-process that
+    would leak into later tests."""
+    names = ("", "httpx", "botocore", "urllib3", "transformers", "accelerate")
+    levels = {name: logging.getLogger(name).level for name in names}
+    handlers = list(logging.getLogger().handlers)
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger().handlers[:] = handlers
 
 
 @pytest.fixture
