@@ -147,3 +147,15 @@ def test_set_paths_through_scalars_or_lists_are_refused(tmp_path: Path, override
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "c.yaml", overrides)
     assert str(err.value).startswith(expected)
+
+
+def test_problems_in_a_yaml_file_name_their_line_and_overrides_name_the_flag(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("method: sft\ntraining:\n  epochs: 1\n  maxSteps: true\n"
+                                     "lora:\n  targetModules: [q, 3]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "c.yaml", {"training.epochs": "x"})
+    assert err.value.problems == [
+        '--set training.epochs = "x": must be an integer (not a boolean, string or fraction)',
+        "line 4: training.maxSteps = true: must be an integer (not a boolean, string or fraction)",
+        "line 6: lora.targetModules.1 = 3: must be a string (quote it)",
+    ]

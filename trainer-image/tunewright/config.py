@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from tunewright.documents import DocumentError, is_yaml_name, parse_document
+from tunewright.documents import DocumentError, Lines, decode, is_yaml_name, parse_json, parse_yaml_lines
 from tunewright.ids import DNS1123_PATTERN
 
 Method = Literal["sft", "dpo", "ranking"]
@@ -233,12 +233,17 @@ def allowed_range(field: Any) -> str | None:
     return " and ".join(bounds) or None
 
 
-def explain(error: ValidationError, model: type[BaseModel]) -> list[str]:
-    """One line per problem: `training.learningRate = 0: must be > 0 and <= 1`."""
+def explain(error: ValidationError, model: type[BaseModel], at: Lines | None = None) -> list[str]:
+    """One line per problem: `training.learningRate = 0: must be > 0 and <= 1`, prefixed with `line N: `
+    where `at` (from parse_yaml_lines) knows the line of the field or of its nearest enclosing key (`--set `
+    where that is 0: the value came from the command line)."""
     lines = []
     for err in error.errors():
         loc = tuple(err["loc"])
         where = ".".join(str(p) for p in loc) or "(top level)"
+        line = next((at[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in at), None) if at else None
+        if line is not None:
+            where = f"line {line}: {where}" if line else f"--set {where}"  # 0: set on the command line
         if err["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown field")
             continue
@@ -255,12 +260,13 @@ def explain(error: ValidationError, model: type[BaseModel]) -> list[str]:
     return lines
 
 
-def validate(data: dict[str, Any], model: type[Spec] = TrainingConfig, source: str = "config") -> Any:
+def validate(data: dict[str, Any], model: type[Spec] = TrainingConfig, source: str = "config",
+             at: Lines | None = None) -> Any:
     """Validate a camelCase mapping into `model`, raising ConfigError with readable messages."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(explain(err, model), source) from None
+        raise ConfigError(explain(err, model, at), source) from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainingConfig:
@@ -272,15 +278,22 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         raise ConfigError([], str(path), f"cannot read {path}: {err.strerror}") from None
     if not raw.strip():
         raise ConfigError([], str(path), f"{path} is empty; a config is a mapping such as 'method: sft'")
+    at: Lines = {}
     try:
-        data = parse_document(raw, str(path), yaml_syntax=is_yaml_name(path.name))
+        if is_yaml_name(path.name):
+            data, at = parse_yaml_lines(decode(raw, str(path)), str(path))
+        else:
+            data = parse_json(decode(raw, str(path)), str(path))
     except DocumentError as err:
         raise ConfigError([str(err)], str(path), str(err)) from None
     if data is None:
         raise ConfigError([], str(path), f"{path} is empty; a config is a mapping such as 'method: sft'")
     if not isinstance(data, dict):
         raise ConfigError(["the top level must be a mapping"], str(path))
-    return validate(apply_overrides(data, overrides or {}), TrainingConfig, str(path))
+    overridden = {tuple(key.split(".")) for key in overrides or {}}
+    at = {path: line for path, line in at.items() if not any(path[: len(o)] == o for o in overridden)}
+    at.update(dict.fromkeys(overridden, 0))
+    return validate(apply_overrides(data, overrides or {}), TrainingConfig, str(path), at)
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

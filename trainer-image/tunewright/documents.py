@@ -116,11 +116,23 @@ def decode(data: bytes, source: str, max_bytes: int | None = MAX_BYTES) -> str:
                             "UTF-8 text") from None
 
 
+Lines = dict[tuple[str | int, ...], int]
+
+
 def parse_yaml(text: str, source: str) -> Any:
+    return parse_yaml_lines(text, source)[0]
+
+
+def parse_yaml_lines(text: str, source: str) -> tuple[Any, Lines]:
+    """The data and the 1-based line of every mapping key and list item, by path (`("training", "epochs")`)."""
     if len(text) > MAX_BYTES:
         raise DocumentError(f"{source}: {len(text)} characters; documents of at most {MAX_BYTES} are allowed")
+    loader = _LimitedLoader(text)
     try:
-        return yaml.load(text, Loader=_LimitedLoader)  # a SafeLoader subclass
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        return loader.construct_document(node), _lines(node)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -128,6 +140,25 @@ def parse_yaml(text: str, source: str) -> Any:
         raise DocumentError(f"{where}: not valid YAML: {problem}") from None
     except (yaml.YAMLError, RecursionError) as err:
         raise DocumentError(f"{source}: not valid YAML: {type(err).__name__}") from None
+    finally:
+        loader.dispose()
+
+
+def _lines(root: Node) -> Lines:
+    found: Lines = {}
+    stack: list[tuple[tuple[str | int, ...], Node]] = [((), root)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, MappingNode):
+            for key, value in node.value:
+                sub = (*path, str(key.value))
+                found.setdefault(sub, key.start_mark.line + 1)
+                stack.append((sub, value))
+        elif isinstance(node, SequenceNode):
+            for index, item in enumerate(node.value):
+                found.setdefault((*path, index), item.start_mark.line + 1)
+                stack.append(((*path, index), item))
+    return found
 
 
 def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
