@@ -134,10 +134,13 @@ class DatasetStore:
 
             self._claim(ds, dataset_id, MANIFEST, manifest)
             copy_audio_files(manifest, path.parent, ds)
+        committed = meta.model_dump_json(indent=2).encode("utf-8")
         try:
-            ds.write_text(META, meta.model_dump_json(indent=2), exclusive=True)  # the dataset's commit marker
+            ds.write_bytes(META, committed, exclusive=True)  # the dataset's commit marker
         except FileExistsError:
-            raise self._exists(dataset_id) from None
+            # Ours already, when a retried PUT lost its first response; else another import's.
+            if ds.read_bytes(META) != committed:
+                raise self._exists(dataset_id) from None
         return meta
 
     def _exists(self, dataset_id: str) -> DatasetError:
