@@ -134,13 +134,12 @@ class DatasetStore:
 
             self._claim(ds, dataset_id, MANIFEST, manifest)
             copy_audio_files(manifest, path.parent, ds)
-        committed = meta.model_dump_json(indent=2).encode("utf-8")
         try:
-            ds.write_bytes(META, committed, exclusive=True)  # the dataset's commit marker
+            # The commit marker. (Not compared with ours on a conflict: an identical import in the same second
+            # writes the same bytes, and exactly one of them must win.)
+            ds.write_text(META, meta.model_dump_json(indent=2), exclusive=True)
         except FileExistsError:
-            # Ours already, when a retried PUT lost its first response; else another import's.
-            if ds.read_bytes(META) != committed:
-                raise self._exists(dataset_id) from None
+            raise self._exists(dataset_id) from None
         return meta
 
     def _exists(self, dataset_id: str) -> DatasetError:
