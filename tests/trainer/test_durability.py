@@ -177,3 +177,10 @@ def test_a_dataset_changed_after_import_is_refused_before_training(root: Storage
     with pytest.raises(ValueError, match=r"samples\.jsonl does not match its meta\.json .*changed or damaged"):
         Run(config, root, run_id="cut", display=False).execute()
     assert not root.exists("runs/cut")
+
+
+def test_a_base_model_that_cannot_load_leaves_no_run_behind(root: Storage) -> None:
+    config = quick_config("songs", **{"baseModel": str(root.local_path() / "no-such-model")})
+    with pytest.raises(Exception):  # noqa: B017 - whatever from_pretrained raises; storage is what matters
+        Run(config, root, run_id="never", display=False).execute()
+    assert not root.exists("runs/never")

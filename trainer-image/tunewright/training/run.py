@@ -163,10 +163,15 @@ def _finished(checkpoint_dir: Path) -> bool:
         return False
 
 
+def record_config(run: RunStore, config: TrainingConfig) -> None:
+    """config.json of a new run, written once the model and data are ready (a refused start leaves no run)."""
+    if is_main() and not run.dir.exists(CONFIG):
+        run.dir.write_text(CONFIG, json.dumps(config.to_dict(), indent=2, sort_keys=True))
+
+
 def check_config_matches(run: RunStore, config: TrainingConfig) -> None:
+    """A resumed run continues only under the configuration it started with."""
     if not run.dir.exists(CONFIG):
-        if is_main():
-            run.dir.write_text(CONFIG, json.dumps(config.to_dict(), indent=2, sort_keys=True))
         return
     try:
         stored = json.loads(run.dir.read_bytes(CONFIG))
@@ -269,6 +274,7 @@ class Run:
         val_ex = objective.examples(val_rows, family, config) if val_rows else []
         if not train_ex:
             raise DataError(f"dataset {dataset.meta.id!r} leaves no training examples for {config.method}")
+        record_config(self.run, config)
         set_seed(config.training.seed)  # LoRA's initialisation draws from the global RNG
         model = with_lora(model, config, family)
 
