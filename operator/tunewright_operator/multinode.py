@@ -34,7 +34,7 @@ _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 def service_name(job: str, attempt: int) -> str:
     """`<tj>-a<attempt>` when that is a valid Service name (a DNS-1035 label), else a short stable stand-in."""
     name = pods.pod_name(job, attempt)
-    if _DNS1035.match(name):
+    if _DNS1035.fullmatch(name):
         return name
     return f"tw-{hashlib.sha256(job.encode()).hexdigest()[:12]}-a{attempt}"
 

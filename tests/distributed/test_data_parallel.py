@@ -136,7 +136,7 @@ def test_two_processes_train_exactly_like_one_with_accumulation(
 def test_sigterm_stops_both_ranks_at_one_checkpoint_and_resume_continues_exactly(
         store: Storage, two_processes: tuple[str, str], tmp_path: Path) -> None:
     config = quick_config("songs", **PARALLEL)
-    proc = _start(store, config, tmp_path, "--run-id", "evicted", "--resume", "latest")
+    proc = _start(store, config, tmp_path, "--run-id", "evicted", "--resume", "auto")
     progress = store.child("runs", "evicted")
     _wait_for(lambda: progress.exists("progress.json")
               and json.loads(progress.read_text("progress.json"))["step"] >= 4, proc)
@@ -159,7 +159,7 @@ def test_sigterm_stops_both_ranks_at_one_checkpoint_and_resume_continues_exactly
         Run(config, store, run_id="evicted", resume="latest", display=False).execute()
     assert sorted(store.child("runs", "evicted").sizes().items()) == before
 
-    code, out, err = _finish(_start(store, config, tmp_path, "--run-id", "evicted", "--resume", "latest"))
+    code, out, err = _finish(_start(store, config, tmp_path, "--run-id", "evicted", "--resume", "auto"))
     assert code == 0, err[-3000:]
     report = json.loads(progress.read_text("report.json"))
     assert report["resumedFrom"] == at.name and report["steps"] == 20

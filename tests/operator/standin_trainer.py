@@ -107,7 +107,7 @@ def main() -> int:
         return fail(overlap, 3)
     every = config.checkpointing.every_steps or 5
     store = CheckpointStore(run.checkpoints, keep_last=config.checkpointing.keep_last, background=False)
-    latest = store.latest() if args.resume == "latest" else None
+    latest = store.latest() if args.resume in ("latest", "auto") else None
     step = latest.step if latest else 0
     resumed_from = latest.name if latest else None
     work = Path(tempfile.mkdtemp())

@@ -41,7 +41,7 @@ def test_pod_manifest() -> None:
     assert container["image"] == "registry/trainer:1"
     assert container["command"] == ["tunewright-train"]
     assert container["args"] == ["--config", "/etc/tunewright/config.yaml", "--storage", "s3://b/p", "--run-id",
-                                 "ml-tune-0f1e2d3c", "--resume", "latest", "--metrics-port", "9400", "--quiet"]
+                                 "ml-tune-0f1e2d3c", "--resume", "auto", "--metrics-port", "9400", "--quiet"]
     assert container["resources"] == {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"},
                                       "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"}}
     assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
@@ -227,7 +227,7 @@ def test_gpu_placement_settings_are_json_checked_like_a_job_spec(capsys: pytest.
     for variable, text, problem in [
         ("TUNEWRIGHT_GPU_TOLERATIONS", "[{key: x}]", "not valid JSON"),
         ("TUNEWRIGHT_GPU_TOLERATIONS", '[{"key": "x", "operator": "Maybe"}]', "tolerations.0.operator"),
-        ("TUNEWRIGHT_GPU_TOLERATIONS", '{"key": "x"}', "Input should be a valid list"),
+        ("TUNEWRIGHT_GPU_TOLERATIONS", '{"key": "x"}', 'tolerations = {"key": "x"}: must be a list'),
         ("TUNEWRIGHT_GPU_NODE_SELECTOR", '{"gpus": 1}', "nodeSelector.gpus = 1"),
     ]:
         with pytest.raises(SystemExit) as exit_info:

@@ -46,7 +46,7 @@ def test_train_on_s3_scrape_metrics_kill_and_resume(s3_root: str, tmp_path: Path
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tunewright.cli.train", "--config", str(tmp_path / "config.json"), "--storage",
-         root.uri, "--run-id", "s3-run", "--resume", "latest", "--metrics-port", str(port), "--quiet"],
+         root.uri, "--run-id", "s3-run", "--resume", "auto", "--metrics-port", str(port), "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = CheckpointStore(root.child("runs", "s3-run", "checkpoints"), keep_last=2, background=False)
     scrapes: list[dict[str, float]] = []

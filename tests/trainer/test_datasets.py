@@ -41,6 +41,16 @@ GOOD = {"prompt": "p", "completion": "c", "rating": 5}
         ("preference", {"prompt": "p", "chosen": "a", "rejected": "a"}, "chosen and rejected are identical"),
         ("ranked", {"prompt": "p", "completions": ["only"]}, "field 'completions'"),
         ("ranked", {"prompt": "p", "completions": ["a", "a"]}, "completions must be distinct"),
+        ("rated", '{"prompt": "p", "completion": "c", "rating": NaN}', "field 'rating': must be a finite number"),
+        ("rated", '{"prompt": "p", "completion": "c", "rating": Infinity}', "field 'rating': must be a finite"),
+        ("rated", '{"prompt": "p", "completion": "c", "rating": 1e999}', "field 'rating': must be a finite"),
+        ("rated", {**GOOD, "rating": True}, "field 'rating': must be a number (not a boolean or string)"),
+        ("rated", {**GOOD, "rating": "5"}, "field 'rating': must be a number (not a boolean or string)"),
+        ("rated", {**GOOD, "prompt": 7}, "field 'prompt': must be a string"),
+        ("rated", {**GOOD, "completion": "\u200b\u2060\ufeff"}, "field 'completion': must not be empty, "
+         "whitespace or invisible characters only"),
+        ("rated", {**GOOD, "tags": ["ok", 1]}, "field 'tags.1': must be a string"),
+        ("ranked", {"prompt": "p", "completions": ["a", "\u200d"]}, "field 'completions': must not be empty"),
     ],
 )
 def test_malformed_row_is_rejected_with_file_line_and_field(store: DatasetStore, tmp_path: Path, kind: str,
@@ -53,7 +63,8 @@ def test_malformed_row_is_rejected_with_file_line_and_field(store: DatasetStore,
     assert store.list() == []  # nothing half-imported
 
 
-@pytest.mark.parametrize("bad_id", ["../escape", "UPPER", "a/b", "-lead", "trail-", "", "x" * 64, "a_b", ".."])
+@pytest.mark.parametrize("bad_id", ["../escape", "nl\n", "nl\r\n", "\uff11a", "UPPER", "a/b", "-lead", "trail-", "",
+                                    "x" * 64, "a_b", ".."])
 def test_ids_that_are_not_dns1123_labels_are_refused(store: DatasetStore, tmp_path: Path, bad_id: str) -> None:
     with pytest.raises(InvalidId):
         store.import_file(bad_id, _write(tmp_path, [GOOD]), "rated")

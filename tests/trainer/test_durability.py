@@ -28,7 +28,7 @@ def _train_subprocess(root: Storage, config: TrainingConfig, run_id: str, tmp: P
     path = tmp / f"{run_id}.json"
     path.write_text(json.dumps(config.to_dict()))
     cmd = [sys.executable, "-m", "tunewright.cli.train", "--config", str(path), "--storage", root.uri,
-           "--run-id", run_id, "--resume", "latest", "--metrics-port", "0", "--quiet"]
+           "--run-id", run_id, "--resume", "auto", "--metrics-port", "0", "--quiet"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -124,3 +124,63 @@ def test_resume_with_a_changed_configuration_is_refused(root: Storage) -> None:
     changed = quick_config("songs", **{"training.maxSteps": 2, "training.learningRate": 1e-3})
     with pytest.raises(RuntimeError, match=r"different configuration \(changed: training"):
         Run(changed, root, run_id="fixed", resume="latest", display=False).execute()
+
+
+def test_a_run_killed_after_its_final_checkpoint_only_publishes_on_resume(root: Storage, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # maxSteps ends mid-epoch: before, HF trained step 11 of 10 when resumed from checkpoint-10.
+    config = quick_config("songs", **{"training.maxSteps": 10, "training.batchSize": 4,
+                                      "checkpointing.everySteps": 5})
+
+    def crash(*_: object, **__: object) -> None:
+        raise RuntimeError("killed before publishing")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Run, "_publish", crash)
+        with pytest.raises(RuntimeError, match="killed before publishing"):
+            Run(config, root, run_id="final", display=False).execute()
+    store = CheckpointStore(root.child("runs", "final", "checkpoints"), keep_last=100, background=False)
+    final = store.latest()
+    assert final is not None and not root.exists("runs/final/result.json")
+    logged = _losses(root, "final")
+
+    resumed = Run(config, root, run_id="final", resume="latest", display=False).execute()
+    assert resumed.report["steps"] == final.step == resumed.report["maxSteps"]  # no step N+1
+    assert _losses(root, "final") == logged  # nothing trained again
+    assert resumed.result is not None and resumed.result.adapter_version == 1
+    published = _adapter(root, "final", tmp_path)
+    local = store.fetch(store.best().name if store.best() else final.name, tmp_path / "ck")  # type: ignore[union-attr]
+    expected = load_file(str(local / "adapter_model.safetensors"))
+    assert published.keys() == expected.keys()
+    for key in published:
+        torch.testing.assert_close(published[key], expected[key])
+
+
+def test_strict_resume_refuses_an_empty_run_and_a_refused_run_writes_nothing(root: Storage) -> None:
+    from tunewright.training.run import RunError
+
+    config = quick_config("songs")
+    root.write_text("runs/aborted/config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    before = root.sizes()
+    with pytest.raises(RunError, match=r"run aborted has no committed checkpoint to resume from; .*--resume auto"):
+        Run(config, root, run_id="aborted", resume="latest", display=False).execute()
+    missing = quick_config("songs", **{"dataset.id": "nope"})
+    with pytest.raises(ValueError, match="dataset 'nope' not found"):
+        Run(missing, root, run_id="fresh", display=False).execute()
+    assert root.sizes() == before  # no config.json of a run that never started
+
+
+def test_a_dataset_changed_after_import_is_refused_before_training(root: Storage) -> None:
+    config = quick_config("songs")
+    samples = root.read_bytes("datasets/songs/samples.jsonl")
+    root.write_bytes("datasets/songs/samples.jsonl", samples[: samples.rindex(b"\n", 0, -1) + 1])  # one row less
+    with pytest.raises(ValueError, match=r"samples\.jsonl does not match its meta\.json .*changed or damaged"):
+        Run(config, root, run_id="cut", display=False).execute()
+    assert not root.exists("runs/cut")
+
+
+def test_a_base_model_that_cannot_load_leaves_no_run_behind(root: Storage) -> None:
+    config = quick_config("songs", **{"baseModel": str(root.local_path() / "no-such-model")})
+    with pytest.raises(Exception):  # noqa: B017 - whatever from_pretrained raises; storage is what matters
+        Run(config, root, run_id="never", display=False).execute()
+    assert not root.exists("runs/never")

@@ -7,24 +7,27 @@ The operator imports this module, so it must never import torch.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from tunewright.documents import DocumentError, Lines, decode, is_yaml_name, parse_json, parse_yaml_lines
 from tunewright.ids import DNS1123_PATTERN
 
 Method = Literal["sft", "dpo", "ranking"]
 
 
 class Spec(BaseModel):
-    """Base for every configuration block: camelCase keys, unknown keys refused."""
+    """Base for every configuration block: camelCase keys, unknown keys refused, no type coercion (`true` is
+    not 1, `"5"` is not 5, integers are not floats' truncations) and only finite numbers."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=True,
+        strict=True, allow_inf_nan=False,
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -184,12 +187,24 @@ class TrainingConfig(Spec):
 class ConfigError(ValueError):
     """A configuration that failed validation; the message names every bad field, its value and the rule."""
 
-    def __init__(self, problems: list[str], source: str = "config"):
+    def __init__(self, problems: list[str], source: str = "config", whole: str | None = None):
         self.problems = problems
-        super().__init__(f"invalid {source}: " + "; ".join(problems))
+        super().__init__(whole or f"invalid {source}: " + "; ".join(problems))
 
 
 _BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+# pydantic's type errors in the words of the config file (YAML/JSON): booleans and strings are not numbers.
+TYPE_RULES = {
+    "int_type": "must be an integer (not a boolean, string or fraction)",
+    "float_type": "must be a number (not a boolean or string)",
+    "finite_number": "must be a finite number (not NaN or infinity)",
+    "string_type": "must be a string (quote it)",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
 
 
 def _field_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
@@ -218,19 +233,24 @@ def allowed_range(field: Any) -> str | None:
     return " and ".join(bounds) or None
 
 
-def explain(error: ValidationError, model: type[BaseModel]) -> list[str]:
-    """One line per problem: `training.learningRate = 0: must be > 0 and <= 1`."""
+def explain(error: ValidationError, model: type[BaseModel], at: Lines | None = None) -> list[str]:
+    """One line per problem: `training.learningRate = 0: must be > 0 and <= 1`, prefixed with `line N: `
+    where `at` (from parse_yaml_lines) knows the line of the field or of its nearest enclosing key (`--set `
+    where that is 0: the value came from the command line)."""
     lines = []
     for err in error.errors():
         loc = tuple(err["loc"])
         where = ".".join(str(p) for p in loc) or "(top level)"
+        line = next((at[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in at), None) if at else None
+        if line is not None:
+            where = f"line {line}: {where}" if line else f"--set {where}"  # 0: set on the command line
         if err["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown field")
             continue
         if err["type"] == "missing":
             lines.append(f"{where}: required field is missing")
             continue
-        rule = err["msg"].removeprefix("Value error, ")
+        rule = TYPE_RULES.get(err["type"]) or err["msg"].removeprefix("Value error, ")
         field = _field_at(model, loc)
         bounds = allowed_range(field) if field is not None else None
         if bounds and err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
@@ -240,39 +260,56 @@ def explain(error: ValidationError, model: type[BaseModel]) -> list[str]:
     return lines
 
 
-def validate(data: dict[str, Any], model: type[Spec] = TrainingConfig, source: str = "config") -> Any:
+def validate(data: dict[str, Any], model: type[Spec] = TrainingConfig, source: str = "config",
+             at: Lines | None = None) -> Any:
     """Validate a camelCase mapping into `model`, raising ConfigError with readable messages."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(explain(err, model), source) from None
+        raise ConfigError(explain(err, model, at), source) from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainingConfig:
-    """Read a YAML or JSON config file, apply dotted camelCase overrides, validate."""
+    """Read a YAML (.yaml/.yml, any case) or JSON config file, apply dotted camelCase overrides, validate."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as err:
-        raise ConfigError([f"cannot read {path}: {err.strerror}"], str(path)) from None
+        raise ConfigError([], str(path), f"cannot read {path}: {err.strerror}") from None
+    if not raw.strip():
+        raise ConfigError([], str(path), f"{path} is empty; a config is a mapping such as 'method: sft'")
+    at: Lines = {}
     try:
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ConfigError([f"not valid {'YAML' if path.suffix != '.json' else 'JSON'}: {err}"], str(path)) from None
+        if is_yaml_name(path.name):
+            data, at = parse_yaml_lines(decode(raw, str(path)), str(path))
+        else:
+            data = parse_json(decode(raw, str(path)), str(path))
+    except DocumentError as err:
+        raise ConfigError([str(err)], str(path), str(err)) from None
     if data is None:
-        data = {}
+        raise ConfigError([], str(path), f"{path} is empty; a config is a mapping such as 'method: sft'")
     if not isinstance(data, dict):
         raise ConfigError(["the top level must be a mapping"], str(path))
-    return validate(apply_overrides(data, overrides or {}), TrainingConfig, str(path))
+    overridden = {tuple(key.split(".")) for key in overrides or {}}
+    at = {path: line for path, line in at.items() if not any(path[: len(o)] == o for o in overridden)}
+    at.update(dict.fromkeys(overridden, 0))
+    return validate(apply_overrides(data, overrides or {}), TrainingConfig, str(path), at)
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Set `{"training.learningRate": 1e-3}`-style dotted keys in a nested mapping (copy)."""
-    data = json.loads(json.dumps(data))
+    data = copy.deepcopy(data)
     for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")
-        for part in parents:
+        if not all([*parents, leaf]):
+            raise ConfigError([], "--set", f"--set {dotted}: empty key part; use dotted camelCase keys "
+                              "such as training.learningRate")
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError([], "--set", f"--set {dotted}: {where} is a {type(node).__name__}, not a "
+                                  "mapping, so it has no field to set")
         node[leaf] = value
     return data

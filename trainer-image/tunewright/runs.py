@@ -18,7 +18,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from tunewright.ids import check_id
@@ -96,19 +96,23 @@ class RunStore:
         self.dir.write_text(PROGRESS, progress.to_json())
 
     def read_progress(self) -> Progress | None:
-        try:
-            return Progress.model_validate_json(self.dir.read_bytes(PROGRESS))
-        except FileNotFoundError:
-            return None
+        return self._read(PROGRESS, Progress)
 
     def read_result(self) -> RunResult | None:
-        try:
-            return RunResult.model_validate_json(self.dir.read_bytes(RESULT))
-        except FileNotFoundError:
-            return None
+        return self._read(RESULT, RunResult)
 
     def read_report(self) -> dict[str, Any] | None:
+        return self._read(REPORT, None)
+
+    def _read(self, key: str, model: type[Any] | None) -> Any:
+        """A run file parsed (and validated by `model`), None when absent; ValueError naming the file."""
         try:
-            return json.loads(self.dir.read_bytes(REPORT))
+            raw = self.dir.read_bytes(key)
         except FileNotFoundError:
             return None
+        try:
+            return json.loads(raw) if model is None else model.model_validate_json(raw)
+        except ValueError as err:
+            first = err.errors()[0] if isinstance(err, ValidationError) else None
+            why = f"{'.'.join(map(str, first['loc'])) or '(top level)'}: {first['msg']}" if first else str(err)
+            raise ValueError(f"{self.dir.uri}/{key} is corrupt: {why}") from None

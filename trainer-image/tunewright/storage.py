@@ -1,7 +1,10 @@
 """Storage roots addressed by URI: `file:///abs/path`, `file://./relative` or `s3://bucket/prefix`.
 
 Keys are '/'-separated paths relative to the root. Writes are atomic for readers: a local file appears
-whole (temp file + rename) and an S3 object appears whole by S3's own semantics. S3 settings (endpoint,
+whole (temp file + rename) and an S3 object appears whole by S3's own semantics. An `exclusive` write
+creates the key only if it does not exist (a hard link of the temp file, or S3's conditional write
+`If-None-Match: *`): of concurrent writers exactly one succeeds, the others get FileExistsError. A failed
+local write removes its temp file. S3 settings (endpoint,
 region, credentials) come from the standard AWS environment/config, so AWS, MinIO and Ceph all work;
 retries of transient errors (5xx, throttling, resets) use botocore's standard retry mode. Large files are
 uploaded in parts and every upload is verified (size, and ETag where it is an MD5); downloads stream to
@@ -10,6 +13,7 @@ disk. Error messages name the object, never credentials.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -56,7 +60,7 @@ class Storage(ABC):
     def read_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod
-    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def write_bytes(self, key: str, data: bytes, exclusive: bool = False) -> None: ...
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -70,7 +74,7 @@ class Storage(ABC):
         """Delete a key or everything under a prefix."""
 
     @abstractmethod
-    def upload_file(self, local: str | Path, key: str) -> None: ...
+    def upload_file(self, local: str | Path, key: str, exclusive: bool = False) -> None: ...
 
     @abstractmethod
     def download_file(self, key: str, local: str | Path) -> None: ...
@@ -85,8 +89,8 @@ class Storage(ABC):
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode("utf-8")
 
-    def write_text(self, key: str, text: str) -> None:
-        self.write_bytes(key, text.encode("utf-8"))
+    def write_text(self, key: str, text: str, exclusive: bool = False) -> None:
+        self.write_bytes(key, text.encode("utf-8"), exclusive)
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         """Names of the immediate sub-prefixes of `prefix`."""
@@ -94,13 +98,13 @@ class Storage(ABC):
         depth = len(prefix.split("/")) if prefix else 0
         return sorted({k.split("/")[depth] for k in self.list(prefix) if len(k.split("/")) > depth + 1})
 
-    def upload_dir(self, local: str | Path, prefix: str) -> list[str]:
+    def upload_dir(self, local: str | Path, prefix: str, exclusive: bool = False) -> list[str]:
         """Upload every file under `local` to `prefix/...`; returns the keys written."""
         keys = []
         for path in sorted(Path(local).rglob("*")):
             if path.is_file():
                 key = clean_key(f"{prefix}/{path.relative_to(local).as_posix()}")
-                self.upload_file(path, key)
+                self.upload_file(path, key, exclusive)
                 keys.append(key)
         return keys
 
@@ -114,6 +118,20 @@ class Storage(ABC):
     def local_path(self) -> Path | None:
         """The directory behind a file:// root, else None."""
         return None
+
+
+def _make_parents(directory: Path) -> list[Path]:
+    """mkdir -p, returning the directories it created (deepest last)."""
+    missing = [d for d in [directory, *directory.parents] if not d.exists()][::-1]
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Undo _make_parents after a failed write, leaving any directory another writer has filled meanwhile."""
+    for d in reversed(created):
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 class LocalStorage(Storage):
@@ -133,15 +151,32 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.uri}/{clean_key(key)} does not exist") from None
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def write_bytes(self, key: str, data: bytes, exclusive: bool = False) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = _make_parents(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._publish(Path(tmp), path, exclusive)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            _remove_empty(created)
+            raise
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def _publish(self, tmp: Path, path: Path, exclusive: bool) -> None:
+        """Move a complete temp file into place; exclusive: a hard link, which fails if `path` exists."""
+        if not exclusive:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(f"{self.uri}/{path.relative_to(self.root).as_posix()} already exists") from None
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
@@ -167,14 +202,20 @@ class LocalStorage(Storage):
         elif path.exists():
             path.unlink()
 
-    def upload_file(self, local: str | Path, key: str) -> None:
+    def upload_file(self, local: str | Path, key: str, exclusive: bool = False) -> None:
         dest = self._path(key)
         if Path(local).absolute() == dest:
+            if exclusive:
+                raise FileExistsError(f"{self.uri}/{clean_key(key)} already exists")
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part")
-        shutil.copyfile(local, tmp)
-        os.replace(tmp, dest)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            shutil.copyfile(local, tmp)
+            self._publish(Path(tmp), dest, exclusive)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def download_file(self, key: str, local: str | Path) -> None:
         src = self._path(key)
@@ -242,6 +283,12 @@ def _error_code(err: Exception) -> str:
 
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+# A conditional write lost: the key exists (412), or another conditional write of it is in flight (409).
+_EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+
+
+def _if_new(exclusive: bool) -> dict[str, str]:
+    return {"IfNoneMatch": "*"} if exclusive else {}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
            "InvalidToken"}
 
@@ -280,10 +327,10 @@ class S3Storage(Storage):
 
     def __init__(self, uri: str, client: Any = None, multipart_threshold: int = MULTIPART_THRESHOLD,
                  multipart_chunksize: int = MULTIPART_CHUNKSIZE):
-        self.uri = uri.rstrip("/")
-        bucket, _, prefix = self.uri.removeprefix("s3://").partition("/")
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         if not bucket:
-            raise StorageError(f"S3 URI {uri!r} names no bucket")
+            raise StorageError(f"S3 URI {uri!r} names no bucket: use s3://bucket/prefix")
+        self.uri = uri.rstrip("/")
         self.bucket = bucket
         self.prefix = clean_key(prefix)
         self._client = client
@@ -312,6 +359,8 @@ class S3Storage(Storage):
             code = _error_code(err)
             if code in _MISSING:
                 raise FileNotFoundError(f"{self._uri(key)} does not exist") from None
+            if code in _EXISTS:
+                raise FileExistsError(f"{self._uri(key)} already exists") from None
             if code == "NoSuchBucket":
                 raise StorageError(f"cannot {action} {self._uri(key)}: bucket {self.bucket!r} "
                                    "does not exist") from err
@@ -345,9 +394,9 @@ class S3Storage(Storage):
             time.sleep(0.1 * 2**attempt * random.random())
         raise AssertionError("unreachable")
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def write_bytes(self, key: str, data: bytes, exclusive: bool = False) -> None:
         with self._errors("write", key):
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **_if_new(exclusive))
 
     def exists(self, key: str) -> bool:
         """True for an object, and (like a local directory) for a prefix with objects under it."""
@@ -400,7 +449,7 @@ class S3Storage(Storage):
                               multipart_chunksize=self.multipart_chunksize,
                               preferred_transfer_client="classic")
 
-    def upload_file(self, local: str | Path, key: str) -> None:
+    def upload_file(self, local: str | Path, key: str, exclusive: bool = False) -> None:
         """Upload (multipart above the threshold), then verify the stored size and, for unencrypted objects,
         the ETag (the MD5, or MD5 of part MD5s); a mismatch raises StorageError.
 
@@ -414,7 +463,9 @@ class S3Storage(Storage):
                 # One PUT: boto3's transfer manager starts a thread pool per file, which costs more CPU than
                 # uploading a small file (a checkpoint is ~10 of them, uploaded while training runs).
                 with local.open("rb") as body:
-                    self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body)
+                    self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, **_if_new(exclusive))
+            elif exclusive:
+                self._upload_parts_if_new(local, key, size)
             else:
                 self.client.upload_file(str(local), self.bucket, self._key(key), Config=self._transfer_config())
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
@@ -426,6 +477,28 @@ class S3Storage(Storage):
             if head["ETag"].strip('"') != expected:
                 raise StorageError(f"upload of {local} to {self._uri(key)} is corrupt: ETag {head['ETag']}, "
                                    f"expected {expected!r}")
+
+    def _upload_parts_if_new(self, local: Path, key: str, size: int) -> None:
+        """A multipart upload completed with `If-None-Match: *` (boto3's transfer manager cannot pass that
+        condition), in the part size the transfer manager would use, so s3_etag() still predicts the ETag."""
+        from s3transfer.utils import ChunksizeAdjuster
+
+        part = ChunksizeAdjuster().adjust_chunksize(self.multipart_chunksize, size)
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))["UploadId"]
+        try:
+            parts = []
+            with local.open("rb") as fh:
+                for number, offset in enumerate(range(0, size, part), start=1):
+                    fh.seek(offset)
+                    etag = self.client.upload_part(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
+                                                   PartNumber=number, Body=fh.read(part))["ETag"]
+                    parts.append({"PartNumber": number, "ETag": etag})
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
+                                                  MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
+            raise
 
     def download_file(self, key: str, local: str | Path) -> None:
         local = Path(local)

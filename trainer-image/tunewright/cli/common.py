@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -22,11 +23,23 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (argparse prints the usage block first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        fail(f"{self.prog}: {message} (see {self.prog} --help)", 2)
+        raise SystemExit(2)
+
+
 def run_cli(body: Callable[[], int]) -> int:
     try:
         return body()
     except KeyboardInterrupt:
         return fail("interrupted", 130)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a shell tool does
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except USER_ERRORS as err:
         if os.environ.get("TUNEWRIGHT_DEBUG"):
             raise

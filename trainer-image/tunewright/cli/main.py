@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
-from tunewright.cli.common import run_cli
+from tunewright.cli.common import Parser, run_cli
 from tunewright.data.rows import ROW_MODELS
 from tunewright.data.store import DatasetStore
 from tunewright.registry import Registry
@@ -14,7 +15,7 @@ from tunewright.storage import open_storage
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tunewright", description=__doc__)
+    p = Parser(prog="tunewright", description=__doc__)
     p.add_argument("--storage", help="storage root URI (default $TUNEWRIGHT_STORAGE or file://./.tunewright)")
     sub = p.add_subparsers(dest="area", required=True)
     ds = sub.add_parser("dataset", help="import, list and show datasets").add_subparsers(dest="cmd", required=True)
@@ -36,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     return run_cli(lambda: dispatch(args))
 
 

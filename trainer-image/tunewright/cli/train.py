@@ -8,30 +8,51 @@ import os
 import sys
 from typing import Any
 
-import yaml
-
-from tunewright.cli.common import fail, run_cli
+from tunewright.cli.common import Parser, fail, run_cli
 from tunewright.config import TrainingConfig, apply_overrides, load_config, validate
+from tunewright.documents import parse_yaml
 from tunewright.storage import open_storage
 from tunewright.training import launch
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tunewright-train", description=__doc__)
+    p = Parser(prog="tunewright-train", description=__doc__)
     p.add_argument("--config", help="YAML or JSON training configuration (camelCase keys)")
     p.add_argument("--dataset", help="dataset id (sets dataset.id)")
     p.add_argument("--storage", help="storage root URI (default $TUNEWRIGHT_STORAGE or file://./.tunewright)")
     p.add_argument("--run-id", help="run id (default <name>-<timestamp>); retries pass the same id")
-    p.add_argument("--resume", help="'latest' or a checkpoint name, e.g. checkpoint-40")
+    p.add_argument("--resume", help="with --run-id: 'latest' or a checkpoint name (e.g. checkpoint-40) of that "
+                   "run, or 'auto': the latest checkpoint if any, else start the run (retries, the operator)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set training.learningRate=1e-3 (repeatable)")
-    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("TUNEWRIGHT_METRICS_PORT", "9400")),
-                   help="Prometheus /metrics port (0 disables; default 9400)")
+    p.add_argument("--metrics-port", type=_port, default=os.environ.get("TUNEWRIGHT_METRICS_PORT", "9400"),
+                   help="Prometheus /metrics port (0 disables; default 9400; also $TUNEWRIGHT_METRICS_PORT)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
-    p.add_argument("--nproc-per-node", type=int, metavar="N",
+    p.add_argument("--nproc-per-node", type=_positive, metavar="N",
                    help="data-parallel processes on this machine (default: resources.gpus when > 1, else 1); "
                         "more than one process in all runs under torchrun")
     return p
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port or 0 (checked before anything loads; a default string is parsed too)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; use 0 (off) or a port 1-65535") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port; use 0 (off) or a port 1-65535")
+    return port
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
+    return value
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -40,7 +61,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        out[key] = parse_yaml(value, f"--set {key}")
     if args.dataset:
         out["dataset"] = {"id": args.dataset}
     return out
@@ -63,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, argv: list[str]) -> int:
     config = resolve_config(args)
+    root = open_storage(args.storage)  # a bad URI is refused before torch loads
     if not launch.in_worker():
         topo = launch.topology(config, args.nproc_per_node, visible_gpus=_visible_gpus(config))
         if topo.world_size > 1:
@@ -70,7 +92,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> int:
     from tunewright.training.run import Run, TrainingInterrupted  # torch loads only after the config is valid
 
     try:
-        outcome = Run(config, open_storage(args.storage), args.run_id, args.resume,
+        outcome = Run(config, root, args.run_id, args.resume,
                       args.metrics_port or None, display=not args.quiet).execute()
     except TrainingInterrupted as err:
         return fail(str(err), 143)

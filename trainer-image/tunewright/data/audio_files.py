@@ -2,8 +2,9 @@
 
 Rows of an audio dataset name their samples by path relative to the JSONL file (at import) and to the
 dataset directory (once stored). Import decodes every referenced file, so a dataset never holds a missing
-or broken clip, copies the files into the dataset and writes `audio.sha256` (`<sha256>  <path>` lines):
-its bytes go into the dataset digest, and training keys its encoded-clip cache by these hashes.
+or broken clip, and copies the files into the dataset; the importer also stores the manifest
+`audio.sha256` (`<sha256>  <path>` lines): its bytes go into the dataset digest, and training keys its
+encoded-clip cache by these hashes.
 
 Import refuses, with one line naming the JSONL file, line, field and audio file: a path that is absolute,
 holds '..' or is missing; a name whose extension is not one of EXTENSIONS, or names another format than the
@@ -128,9 +129,9 @@ def _row_lines(source: Path) -> list[int]:
     return [number for number, line in enumerate(lines, start=1) if line.strip()]
 
 
-def store_audio_files(rows: Sequence[Row], source: Path, dataset: Storage) -> bytes:
-    """Validate every file the rows of JSONL file `source` reference, copy them into `dataset`, write and
-    return the manifest.
+def check_audio_files(rows: Sequence[Row], source: Path) -> bytes:
+    """Validate every file the rows of JSONL file `source` reference and return the manifest (`<sha256>  <path>`
+    lines, sorted).
 
     Raises DatasetError naming the file, line, field and audio file of each problem (the first few) before
     anything is copied.
@@ -152,11 +153,14 @@ def store_audio_files(rows: Sequence[Row], source: Path, dataset: Storage) -> by
     if problems:
         more = len(problems) - _SHOWN_PROBLEMS
         raise DatasetError("; ".join(problems[:_SHOWN_PROBLEMS]) + (f" (and {more} more)" if more > 0 else ""))
-    for path in sorted(digests):
-        dataset.upload_file(source_dir / path, path)
-    manifest = "".join(f"{digests[p]}  {p}\n" for p in sorted(digests)).encode("utf-8")
-    dataset.write_bytes(MANIFEST, manifest)
-    return manifest
+    return "".join(f"{digests[p]}  {p}\n" for p in sorted(digests)).encode("utf-8")
+
+
+def copy_audio_files(manifest: bytes, source_dir: Path, dataset: Storage) -> None:
+    """Copy the files a manifest lists into `dataset` (the manifest itself is the caller's to write)."""
+    for line in manifest.decode("utf-8").splitlines():
+        path = line.split("  ", 1)[1]
+        dataset.upload_file(Path(source_dir) / path, path)
 
 
 def read_manifest(dataset: Storage) -> dict[str, str]:

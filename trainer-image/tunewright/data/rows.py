@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -10,16 +11,25 @@ Kind = Literal["rated", "preference", "ranked"]
 Modality = Literal["text", "audio"]
 
 
+def is_blank(text: str) -> bool:
+    """True when nothing in `text` is visible: whitespace, control and format characters (zero-width
+    spaces and joiners, BOMs, direction marks) only."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") for ch in text)
+
+
 class Row(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """No type coercion (`true` is not a rating, `"5"` is not 5) and finite numbers only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     prompt: str = Field(min_length=1)
 
     @field_validator("*", mode="after")
     @classmethod
     def _not_blank(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip():
-            raise ValueError("must not be empty or whitespace")
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(t, str) and is_blank(t) for t in texts):
+            raise ValueError("must not be empty, whitespace or invisible characters only")
         return value
 
 
@@ -52,8 +62,6 @@ class RankedRow(Row):
     @field_validator("completions")
     @classmethod
     def _distinct_nonempty(cls, items: list[str]) -> list[str]:
-        if any(not c.strip() for c in items):
-            raise ValueError("completions must not be empty")
         if len(set(items)) != len(items):
             raise ValueError("completions must be distinct")
         return items

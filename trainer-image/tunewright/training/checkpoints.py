@@ -36,7 +36,7 @@ from tunewright.runs import now_iso
 from tunewright.storage import Storage, StorageError, clean_key
 
 MANIFEST = "manifest.json"
-_NAME = re.compile(r"^checkpoint-(\d+)$")
+_NAME = re.compile(r"checkpoint-([0-9]+)")  # matched with fullmatch
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ class CheckpointStore:
         by_dir: dict[str, dict[str, int]] = {}
         for key, size in self.storage.sizes().items():
             top, _, rest = key.partition("/")
-            if _NAME.match(top) and rest:
+            if _NAME.fullmatch(top) and rest:
                 by_dir.setdefault(top, {})[rest] = size
         committed, incomplete = [], []
         for name, stored in by_dir.items():

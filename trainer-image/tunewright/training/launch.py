@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunewright.config import TrainingConfig
+from tunewright.ids import check_id
 from tunewright.runs import RESULT, new_run_id
 from tunewright.storage import Storage
 
@@ -115,15 +116,28 @@ def topology(config: TrainingConfig, nproc_per_node: int | None = None,
 
 
 def resolve_run_id(root: Storage, name: str, run_id: str | None, resume: str | None) -> str:
-    """The run to write: `run_id` if given, else a new id, or with `resume` the latest unfinished run of
-    `name`. Resolved once, before any worker starts, so that every process writes the same run."""
-    if run_id or not resume:
+    """The run to write: `run_id` if given, else a new id. Resolved once, before any worker starts, so that
+    every process writes the same run. `--resume` needs `--run-id`; except with `auto` (resume if there is
+    something to resume, else start: what retries and the operator pass) the run must exist. Refusals list
+    the unfinished runs of `name`, newest first."""
+    if not resume:
         return run_id or new_run_id(name)
     runs = root.child("runs")
-    unfinished = [r for r in runs.list_dirs() if r.startswith(f"{name}-") and not runs.exists(f"{r}/{RESULT}")]
+    if not run_id:
+        raise LaunchError(f"--resume {resume} needs --run-id (the run to resume); {_candidates(runs, name)}")
+    check_id(run_id, "run id")
+    if resume != "auto" and not runs.exists(run_id):
+        raise LaunchError(f"--run-id {run_id}: no such run in {runs.uri}; {_candidates(runs, name)}")
+    return run_id
+
+
+def _candidates(runs: Storage, name: str) -> str:
+    unfinished = sorted((r for r in runs.list_dirs() if r.startswith(f"{name}-") and not runs.exists(f"{r}/{RESULT}")),
+                        reverse=True)
     if not unfinished:
-        raise LaunchError(f"no unfinished run of {name!r} to resume in {runs.uri}; pass --run-id")
-    return sorted(unfinished)[-1]
+        return f"there is no unfinished run of {name!r}"
+    more = f" (and {len(unfinished) - 10} older)" if len(unfinished) > 10 else ""
+    return f"unfinished runs of {name!r}: {', '.join(unfinished[:10])}{more}"
 
 
 def torchrun_args(topo: Topology, worker_args: list[str]) -> list[str]:

@@ -29,6 +29,7 @@ from tunewright.registry import (
     Registry,
     ReportSummary,
     TrainingJobRef,
+    VersionTaken,
 )
 from tunewright.runs import ADAPTER, CONFIG, METRICS, REPORT, RESULT, RunResult, RunStore
 from tunewright.storage import Storage
@@ -38,7 +39,7 @@ from tunewright.training.callbacks import (
     RunLogCallback,
     TerminalDisplay,
 )
-from tunewright.training.checkpoints import CheckpointStore
+from tunewright.training.checkpoints import CheckpointInfo, CheckpointStore
 from tunewright.training.distributed import CheckpointRanks, check_resume_world, describe_batch, sigterm_callback
 from tunewright.training.family import CausalLMFamily, Family
 from tunewright.training.launch import is_main, resolve_run_id
@@ -47,6 +48,8 @@ from tunewright.training.report import build_report, print_summary
 from tunewright.training.trainer import ExampleDataset, ObjectiveTrainer
 
 log = logging.getLogger(__name__)
+
+PUBLISH_ATTEMPTS = 20
 
 
 class RunError(RuntimeError):
@@ -148,12 +151,33 @@ def initial_eval_loss(trainer: ObjectiveTrainer) -> float | None:
     return total / max(batches, 1)
 
 
+TRAINER_STATE = "trainer_state.json"
+
+
+def _finished(checkpoint_dir: Path) -> bool:
+    """True when the checkpoint was saved at the run's last step (HF's trainer_state.json says so)."""
+    try:
+        state = json.loads((checkpoint_dir / TRAINER_STATE).read_text())
+        return 0 < int(state["max_steps"]) <= int(state["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def record_config(run: RunStore, config: TrainingConfig) -> None:
+    """config.json of a new run, written once the model and data are ready (a refused start leaves no run)."""
+    if is_main() and not run.dir.exists(CONFIG):
+        run.dir.write_text(CONFIG, json.dumps(config.to_dict(), indent=2, sort_keys=True))
+
+
 def check_config_matches(run: RunStore, config: TrainingConfig) -> None:
+    """A resumed run continues only under the configuration it started with."""
     if not run.dir.exists(CONFIG):
-        if is_main():
-            run.dir.write_text(CONFIG, json.dumps(config.to_dict(), indent=2, sort_keys=True))
         return
-    stored = json.loads(run.dir.read_text(CONFIG))
+    try:
+        stored = json.loads(run.dir.read_bytes(CONFIG))
+        assert isinstance(stored, dict)
+    except (ValueError, AssertionError):
+        raise RunError(f"{run.dir.uri}/{CONFIG} is corrupt (not a JSON object); start a new run") from None
     current = config.to_dict()
     changed = sorted(k for k in set(stored) | set(current) if k != "resources" and stored.get(k) != current.get(k))
     if changed:
@@ -166,7 +190,10 @@ def resumed_metric_lines(run: RunStore, step: int) -> list[str]:
     if not run.dir.exists(METRICS):
         return []
     lines = [ln for ln in run.dir.read_text(METRICS).splitlines() if ln.strip()]
-    return [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    try:
+        return [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    except (ValueError, AttributeError):
+        raise RunError(f"{run.dir.uri}/{METRICS} is corrupt (a line that is not a JSON object)") from None
 
 
 def training_job_ref() -> TrainingJobRef | None:
@@ -206,24 +233,40 @@ class Run:
         self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last)
 
     def execute(self) -> Outcome:
+        """Everything that can be checked without the model is checked before anything is written: the
+        dataset (digest), the method/kind match, the registry, the configuration of a resumed run and the
+        checkpoint to resume from; a refused run leaves storage as it was."""
         done = self.run.read_result()
         if done is not None:
             self.display.console.print(f"run {self.run.run_id} already complete: {done.adapter_uri}")
             return Outcome(self.run.run_id, done, self.run.read_report() or {})
+        dataset = resolve_dataset(self.config, self.root)
+        objective = objective_for(self.config.method)
+        if dataset.meta.kind not in objective.kinds:
+            raise DataError(f"method {self.config.method} needs a dataset of kind {' or '.join(objective.kinds)}; "
+                            f"dataset {dataset.meta.id!r} is {dataset.meta.kind}")
+        Registry(self.root).check()
+        start = self._resume_point()
         check_config_matches(self.run, self.config)
         work = Path(tempfile.mkdtemp(prefix=f"tunewright-{self.run.run_id}-"))
         try:
-            return self._train(work)
+            return self._train(work, dataset, objective, start)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _train(self, work: Path) -> Outcome:
+    def _resume_point(self) -> CheckpointInfo | None:
+        """The checkpoint to continue from: none for a new run; with `auto` the latest if any; with `latest`
+        or a name it must be committed."""
+        if not self.resume:
+            return None
+        start = self.checkpoints.resolve("latest" if self.resume == "auto" else self.resume)
+        if start is None and self.resume == "latest":
+            raise RunError(f"run {self.run.run_id} has no committed checkpoint to resume from; start it over with "
+                           "--resume auto, or a new run without --resume")
+        return start
+
+    def _train(self, work: Path, dataset: Dataset, objective: Any, start: CheckpointInfo | None) -> Outcome:
         config = self.config
-        dataset = resolve_dataset(config, self.root)
-        objective = objective_for(config.method)
-        if dataset.meta.kind not in objective.kinds:
-            raise DataError(f"method {config.method} needs a dataset of kind {' or '.join(objective.kinds)}; "
-                            f"dataset {dataset.meta.id!r} is {dataset.meta.kind}")
         model, processor, model_type = load_base(config.base_model, config.base_model_revision)
         family = family_for(model_type, processor, config, dataset, model)
         train_rows, val_rows = split_by_prompt(dataset.rows, config.data.validation_fraction)
@@ -231,10 +274,10 @@ class Run:
         val_ex = objective.examples(val_rows, family, config) if val_rows else []
         if not train_ex:
             raise DataError(f"dataset {dataset.meta.id!r} leaves no training examples for {config.method}")
+        record_config(self.run, config)
         set_seed(config.training.seed)  # LoRA's initialisation draws from the global RNG
         model = with_lora(model, config, family)
 
-        start = self.checkpoints.resolve(self.resume) if self.resume else None
         resume_dir = self.checkpoints.fetch(start.name, work / "resume" / start.name) if start else None
         hf_dir = work / "hf"
         args = training_arguments(config, hf_dir, has_eval=bool(val_ex))
@@ -263,8 +306,14 @@ class Run:
         objective.prepare(trainer, [train_ex, val_ex], family, run_dir=self.run.dir)
         before = initial_eval_loss(trainer) if start is None and is_main() else None
         began = time.monotonic()
+        finished = resume_dir is not None and _finished(resume_dir)
         try:
-            trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+            if finished:  # killed after its last checkpoint, or its publication failed: only publish
+                assert resume_dir is not None
+                log.info("run %s: %s is the final step; publishing without training", self.run.run_id, start.name)
+                self._restore_final(trainer, resume_dir)
+            else:
+                trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
         finally:
             self.display.stop()
             sigterm.restore()
@@ -298,6 +347,16 @@ class Run:
         print_summary(report, result.adapter_uri, self.display.console)
         return Outcome(self.run.run_id, result, report, trainer.model, processor)
 
+    @staticmethod
+    def _restore_final(trainer: ObjectiveTrainer, resume_dir: Path) -> None:
+        """The trainer as it was at the end of training: its state and the final checkpoint's weights."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers import TrainerState
+
+        trainer.state = TrainerState.load_from_json(str(resume_dir / TRAINER_STATE))
+        set_peft_model_state_dict(trainer.model, load_file(str(resume_dir / "adapter_model.safetensors")))
+
     def _wire_commits(self, logger: RunLogCallback, hf_dir: Path) -> None:
         best = [self.checkpoints.best()]  # retention never deletes the best, so a running minimum is exact
 
@@ -322,18 +381,33 @@ class Run:
         set_peft_model_state_dict(trainer.model, load_file(str(local / "adapter_model.safetensors")))
 
     def _publish(self, model: Any, report: dict[str, Any], dataset: Dataset, work: Path) -> RunResult:
-        """Adapter and report into the run, then the registry, then result.json (the run's commit)."""
+        """Adapter and report into the run, then the registry, then result.json (the run's commit).
+        A version taken by a concurrent run of the same adapter name moves this one to the next version."""
         adapter_dir = work / ADAPTER
         model.save_pretrained(str(adapter_dir))
         registry = Registry(self.root)
-        existing = next((r for r in registry.list() if r.run_id == self.run.run_id), None) \
-            if registry.adapters.list_dirs() else None
-        version = existing.version if existing else registry.next_version(self.name)
-        report = {**report, "adapter": {"name": self.name, "version": version}}
-        (adapter_dir / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=True))
-        self.run.dir.upload_dir(adapter_dir, ADAPTER)
-        self.run.dir.write_text(REPORT, json.dumps(report, indent=2, sort_keys=True, allow_nan=True))
-        record = existing or registry.register(AdapterRecord(
+        existing = next((r for r in registry.list() if r.run_id == self.run.run_id), None)
+        for _ in range(PUBLISH_ATTEMPTS):
+            version = existing.version if existing else registry.next_version(self.name)
+            versioned = {**report, "adapter": {"name": self.name, "version": version}}
+            (adapter_dir / REPORT).write_text(json.dumps(versioned, indent=2, sort_keys=True, allow_nan=True))
+            self.run.dir.upload_dir(adapter_dir, ADAPTER)
+            self.run.dir.write_text(REPORT, json.dumps(versioned, indent=2, sort_keys=True, allow_nan=True))
+            try:
+                record = existing or registry.register(self._record(version, versioned, dataset),
+                                                       local_dir=adapter_dir)
+                break
+            except VersionTaken as err:
+                log.warning("%s; registering as the next version", err)
+        else:
+            raise RunError(f"adapter {self.name}: no free registry version after {PUBLISH_ATTEMPTS} attempts")
+        result = RunResult(adapter_name=record.name, adapter_version=record.version, adapter_uri=record.uri,
+                           report_uri=f"{record.uri}/{REPORT}")
+        self.run.dir.write_text(RESULT, result.to_json())
+        return result
+
+    def _record(self, version: int, report: dict[str, Any], dataset: Dataset) -> AdapterRecord:
+        return AdapterRecord(
             name=self.name, version=version, base_model=self.config.base_model,
             base_model_revision=self.config.base_model_revision, method=self.config.method, uri="",
             dataset=DatasetProvenance(id=dataset.meta.id, uri=dataset.dir.uri, digest=dataset.meta.digest,
@@ -342,8 +416,4 @@ class Run:
             report=ReportSummary(final_loss=report["finalTrainLoss"], best_eval_loss=report["bestEvalLoss"],
                                  training_seconds=report["trainingSeconds"], epochs=report["epochs"],
                                  steps=report["steps"], stopped_early=report["stoppedEarly"]),
-        ), local_dir=adapter_dir)
-        result = RunResult(adapter_name=record.name, adapter_version=record.version, adapter_uri=record.uri,
-                           report_uri=f"{record.uri}/{REPORT}")
-        self.run.dir.write_text(RESULT, result.to_json())
-        return result
+        )
