@@ -42,8 +42,11 @@ def errors(control_plane: ControlPlane, namespace: str) -> Errors:
         obj = {**obj, "metadata": {**obj["metadata"], "namespace": namespace}}
         try:
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, filename.removesuffix(".yaml"), obj,
-                                                   dry_run="All")
+                                                   dry_run="All", field_validation="Strict")  # as kubectl
         except ApiException as err:
+            if err.status == 400:  # strict decoding: `... unknown field "spec.x.y"`
+                message = json.loads(err.body)["message"]
+                return {message.rsplit('"', 2)[-2]: message}
             if err.status != 422:
                 raise
             causes = json.loads(err.body)["details"]["causes"]
@@ -163,6 +166,7 @@ def test_a_good_spec_is_accepted(errors: Errors) -> None:
     ({"resources": {"gpus": 65}}, "spec.resources.gpus", "should be less than or equal to 64"),
     ({"name": "Bad_Name"}, "spec.name", "should match"),
     ({"storage": {"uri": "http://x"}}, "spec.storage.uri", "should match"),
+    ({"lora": {"rnak": 8}}, "spec.lora.rnak", 'unknown field "spec.lora.rnak"'),
 ])
 def test_out_of_range_is_rejected_naming_the_field(errors: Errors, spec: dict[str, Any], path: str,
                                                    words: str) -> None:
