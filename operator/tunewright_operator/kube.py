@@ -31,6 +31,18 @@ def _sanitize(obj: Any) -> Any:
     return kubernetes.client.ApiClient().sanitize_for_serialization(obj)
 
 
+class OwnedByAnother(RuntimeError):
+    """An object of the name we derive exists but belongs to another owner (an earlier TrainingJob of the same
+    name whose objects the garbage collector has not removed yet)."""
+
+
+def _check_owner(wanted: dict[str, Any], found: dict[str, Any]) -> None:
+    uids = lambda obj: {r["uid"] for r in obj["metadata"].get("ownerReferences") or []}  # noqa: E731
+    if not uids(wanted) <= uids(found):
+        raise OwnedByAnother(f"{wanted['kind']} {wanted['metadata']['name']} belongs to another owner "
+                             f"({', '.join(sorted(uids(found))) or 'none'}); waiting for it to be deleted")
+
+
 class Kube:
     def __init__(self, client: kubernetes.client.ApiClient | None = None):
         client = client or kubernetes.client.ApiClient()
@@ -107,6 +119,7 @@ class Kube:
         except ApiException as err:
             if err.status != 409:
                 raise
+            _check_owner(body, _sanitize(self.core.read_namespaced_service(body["metadata"]["name"], namespace)))
 
     def delete_service(self, namespace: str, name: str) -> None:
         try:
@@ -121,6 +134,7 @@ class Kube:
         except ApiException as err:
             if err.status != 409:
                 raise
+            _check_owner(body, _sanitize(self.core.read_namespaced_config_map(body["metadata"]["name"], namespace)))
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str]:
         secret = self.core.read_namespaced_secret(name, namespace)

@@ -337,7 +337,8 @@ class Reconciler:
             return self._failed(tj, spec, PodState("Failed", "TrainerError", False, 0,
                                                    f"the trainer exited 0 but {run.dir.uri}/result.json is missing"))
         record = Registry(root).get(result.adapter_name, result.adapter_version)
-        adapter = adapters.ensure_adapter(self.kube, namespace, record, name)
+        adapter = adapters.ensure_adapter(self.kube, namespace, record, name,
+                                          lambda reason, message: self.emit(tj, "Warning", reason, message))
         progress = run.read_progress()
         report = record.report
         message = f"adapter {record.name} version {record.version}: {record.uri}"

@@ -416,3 +416,48 @@ def test_a_dataset_resource_is_read_with_the_credentials_it_names(k8s, s3_root, 
 
     error = wait_for(lambda: synced("cannot"), 20, "the Dataset's missing Secret on the job")
     assert error["reason"] == "SecretNotFound" and '"gone"' in error["message"]
+
+
+def test_an_adapter_resource_is_reused_only_for_the_same_run(store, k8s, operator_factory, kubelet_factory,
+                                                            tmp_path):
+    """Two jobs train adapter `dup` into different storage roots: both registries say version 1, but each job's
+    adapterRef names an Adapter that points at its own artifact."""
+    other = open_storage(f"file://{tmp_path}/other")
+    DatasetStore(other).import_file("songs", synthetic.write_jsonl(synthetic.rated_rows(), tmp_path / "s.jsonl"),
+                                    "rated")
+    kubelet_factory()
+    operator_factory()
+    k8s.create("trainingjobs", "first", {**SPEC, "name": "dup"})
+    first = k8s.wait_phase("first", "Succeeded", timeout=30)
+    k8s.create("trainingjobs", "second", {**SPEC, "name": "dup", "storage": {"uri": other.uri}})
+    second = k8s.wait_phase("second", "Succeeded", timeout=30)
+    assert first["adapterRef"]["name"] == "dup-v1" and second["adapterRef"]["name"] != "dup-v1"
+    for status, root in ((first, store), (second, other)):
+        adapter = k8s.get("adapters", status["adapterRef"]["name"])
+        assert adapter["spec"]["runId"] == status["runId"] and adapter["spec"]["uri"].startswith(root.uri)
+    events = [e for e in k8s.events("second") if e["reason"] == "AdapterNameTaken"]
+    assert events and "dup-v1" in events[0]["message"]
+
+
+def test_a_config_map_of_another_owner_is_never_taken_as_the_jobs_own(k8s, operator_factory, kubelet_factory):
+    kubelet_factory()
+    operator_factory()
+    decoy = k8s.create("trainingjobs", "decoy", {**SPEC, "suspend": True})
+    owner = {"apiVersion": "tunewright.dev/v1alpha1", "kind": "TrainingJob", "name": "decoy",
+             "uid": decoy["metadata"]["uid"], "controller": True}
+    k8s.core.create_namespaced_config_map(k8s.namespace, {"metadata": {
+        "name": "squat-config", "ownerReferences": [owner]}, "data": {"config.yaml": "{}"}})
+    k8s.create("trainingjobs", "squat", SPEC)
+
+    def synced() -> dict[str, Any] | None:
+        found = [c for c in k8s.status("squat").get("conditions") or [] if c["type"] == "Synced"]
+        return found[0] if found and found[0]["status"] == "False" else None
+
+    error = wait_for(synced, 20, "the conflict on the job")
+    assert error["reason"] == "OwnedByAnother" and "ConfigMap squat-config belongs to another owner" in \
+        error["message"]
+    assert k8s.pods() == []
+    k8s.core.delete_namespaced_config_map("squat-config", k8s.namespace)
+    k8s.wait_phase("squat", "Succeeded", timeout=40)
+    data = k8s.core.read_namespaced_config_map("squat-config", k8s.namespace)
+    assert data.metadata.owner_references[0].name == "squat"
