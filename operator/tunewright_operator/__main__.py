@@ -7,7 +7,7 @@ import sys
 
 import kopf
 
-from tunewright_operator import handlers, kube
+from tunewright_operator import handlers, kube, leader
 from tunewright_operator.settings import Settings
 
 
@@ -16,9 +16,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per liveness probe otherwise
     kube.load_config()
+    leader.hold(settings.lease_namespace or (settings.namespaces or ("default",))[0], settings.health_port,
+                settings.lease_seconds)
     handlers.register(settings, kube.Kube())
     health = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    # standalone: one replica (the chart's Deployment uses the Recreate strategy), so no peering CRDs needed.
+    # standalone: one active process is leader.hold's job (a Lease), so no Kopf peering objects are needed.
     kopf.run(standalone=True, clusterwide=not settings.namespaces, namespaces=settings.namespaces,
              liveness_endpoint=health)
     return 0

@@ -97,6 +97,11 @@ class Settings:
                                          "exist in each job's namespace; empty: the namespace's default)"})
     trainer_scrape_annotations: bool = field(default=True, metadata={"type": flag, "help": "prometheus.io/scrape "
                                              "annotations on trainer pods (false where a PodMonitor scrapes them)"})
+    lease_namespace: str = field(default="", metadata={"help": "namespace of the Lease that keeps one operator "
+                                 "active (the chart sets the operator's own; empty: the first --namespace, else "
+                                 "default)"})
+    lease_seconds: int = field(default=15, metadata={"help": "leader-election lease duration: a crashed "
+                                 "operator's successor waits this long before it acts"})
     namespaces: tuple[str, ...] = field(default=(), metadata={"help": "namespaces to serve (repeatable or "
                                                               "comma-separated; default: the whole cluster)"})
 
@@ -123,6 +128,8 @@ class Settings:
         settings = cls(**args, namespaces=names)
         if settings.max_concurrent_jobs < 1:
             parser.error("--max-concurrent-jobs must be >= 1")
+        if settings.lease_seconds < 4:  # the renewal needs at least a second between tries
+            parser.error("--lease-seconds must be >= 4")
         return settings
 
 

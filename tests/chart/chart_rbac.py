@@ -8,7 +8,8 @@ Two ways the operator talks to the API server:
   than on.event/index make Kopf patch the object (finalizers, progress annotations); `kopf.event(...)`,
   `kopf.info(...)` and Kopf's own handler reports create core Events.
 An owner reference with `blockOwnerDeletion: true` needs `update` on the owner's `finalizers` subresource
-(the OwnerReferencesPermissionEnforcement admission plugin).
+(the OwnerReferencesPermissionEnforcement admission plugin). The official client's LeaseLock (leader election)
+gets, creates and updates its Lease.
 A permission is (apiGroup, resource, verb).
 """
 
@@ -27,6 +28,7 @@ _CORE = re.compile(r"^(read|list|create|patch|replace|delete_collection|delete)_
 _CUSTOM = re.compile(r"^(get|list|create|patch|replace|delete)_(?:namespaced|cluster)_custom_object(_status)?$")
 _WATCHING = {"event", "index"}  # handler kinds that make Kopf only list and watch
 PLURAL = "<plural>"
+LEASE = {("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")}
 
 
 def _plural(snake: str) -> str:
@@ -150,6 +152,8 @@ def required_permissions(package: Path) -> set[Permission]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Dict):
                 needed |= _owner_finalizers(node, group)
+            if isinstance(node, ast.Name) and node.id == "LeaseLock":
+                needed |= LEASE
             if not isinstance(node, ast.Call):
                 continue
             func = node.func

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_rbac import granted_permissions, required_permissions
+from chart_rbac import LEASE, granted_permissions, required_permissions
 
 from support.helm import ROOT, Helm, find, one
 from support.pss import restricted_violations
@@ -20,10 +20,15 @@ PACKAGE = ROOT / "operator" / "tunewright_operator"
 def test_rbac_grants_exactly_what_the_operator_calls(helm: Helm, values: dict[str, Any]) -> None:
     docs = helm.template(values)
     kind = "Role" if values else "ClusterRole"
-    for role in find(docs, kind):
+    (election,) = find(docs, "Role", "-leader-election")  # in the release namespace: the operator's Lease
+    assert election["metadata"]["namespace"] == "tunewright-system"
+    assert granted_permissions(election["rules"]) == LEASE
+    required = required_permissions(PACKAGE) - LEASE
+    roles = [r for r in find(docs, kind) if r is not election]
+    assert len(roles) == len(values.get("watchNamespaces", [None]))
+    for role in roles:
         granted = granted_permissions(role["rules"])
         assert not {p for p in granted if "*" in p}, "no wildcard groups, resources or verbs"
-        required = required_permissions(PACKAGE)
         assert sorted(required - granted) == [], "the operator would be forbidden these calls"
         assert sorted(granted - required) == [], "granted but never used by the operator"
 
@@ -111,7 +116,7 @@ def test_pss_checker_rejects_what_the_standard_forbids() -> None:
 
 def _operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
     (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("TUNEWRIGHT_")}
+    return {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("TUNEWRIGHT_") and "value" in e}
 
 
 def test_trainer_pods_get_the_charts_pull_settings_and_a_tokenless_service_account(helm: Helm) -> None:

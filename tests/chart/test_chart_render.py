@@ -41,7 +41,9 @@ def _validate_builtin(docs: list[dict[str, Any]]) -> set[str]:
 def test_default_render_is_schema_valid_and_minimal(helm: Helm) -> None:
     docs = helm.template()
     kinds = _validate_builtin(docs)
-    assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"}
+    assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
+                     "Deployment"}  # the Role: the leader-election Lease
+    assert [r["metadata"]["name"] for r in find(docs, "Role")] == ["tw-tunewright-leader-election"]
     assert not {d["kind"] for d in docs} & MONITORING_KINDS, "monitoring objects must be opt-in"
 
 
@@ -78,8 +80,10 @@ def test_operator_runs_one_replica_with_health_probes(helm: Helm) -> None:
 def test_watch_namespaces_become_the_operator_setting_and_namespaced_roles(helm: Helm) -> None:
     docs = helm.template({"watchNamespaces": ["ml", "ml-staging"]})
     assert _env(docs)["TUNEWRIGHT_NAMESPACES"] == "ml,ml-staging"
-    roles = {r["metadata"]["namespace"] for r in find(docs, "Role")}
-    bindings = find(docs, "RoleBinding")
+    lease = next(e for e in _container(docs)["env"] if e["name"] == "TUNEWRIGHT_LEASE_NAMESPACE")
+    assert lease["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}  # the Role's namespace
+    roles = {r["metadata"]["namespace"] for r in find(docs, "Role") if not r["metadata"]["name"].endswith("-election")}
+    bindings = [b for b in find(docs, "RoleBinding") if not b["metadata"]["name"].endswith("-election")]
     assert roles == {b["metadata"]["namespace"] for b in bindings} == {"ml", "ml-staging"}
     for binding in bindings:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tw-tunewright",
@@ -87,7 +91,7 @@ def test_watch_namespaces_become_the_operator_setting_and_namespaced_roles(helm:
 
 
 def _env(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {e["name"]: e.get("value") for e in _container(docs)["env"]}
+    return {e["name"]: e.get("value") for e in _container(docs)["env"] if "value" in e}
 
 
 def test_settings_reach_the_operator_as_environment(helm: Helm) -> None:

@@ -43,7 +43,8 @@ class Operator:
 
     def __init__(self, kubeconfig: Path, namespace: str, log: Path, storage: str, *flags: str):
         self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log
-        self.flags = ["--namespace", namespace, "--storage", storage, "--poll-seconds", "0.5", *flags]
+        self.flags = ["--namespace", namespace, "--storage", storage, "--poll-seconds", "0.5", "--lease-seconds", "4",
+                      *flags]
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = self.health_port = 0
         self.starts = 0
@@ -197,8 +198,7 @@ def operator_kubeconfig(control_plane: ControlPlane, helm: Helm, namespace: str,
     docs = helm.template({"watchNamespaces": [namespace]}, namespace=namespace)
     rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
     control_plane.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(map(yaml.safe_dump, rbac)))
-    (binding,) = [d for d in rbac if d["kind"] == "RoleBinding"]
-    account = binding["subjects"][0]["name"]
+    (account,) = {d["subjects"][0]["name"] for d in rbac if d["kind"] == "RoleBinding"}
     token = kubernetes.client.CoreV1Api(control_plane.client()).create_namespaced_service_account_token(
         account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
     return control_plane.write_kubeconfig(tmp_path / "operator.kubeconfig", token, f"system:serviceaccount:{account}")

@@ -8,6 +8,7 @@ import base64
 import json
 import re
 import signal
+import socket
 import subprocess
 import time
 from typing import Any
@@ -461,3 +462,22 @@ def test_a_config_map_of_another_owner_is_never_taken_as_the_jobs_own(k8s, opera
     k8s.wait_phase("squat", "Succeeded", timeout=40)
     data = k8s.core.read_namespaced_config_map("squat-config", k8s.namespace)
     assert data.metadata.owner_references[0].name == "squat"
+
+
+def test_two_operator_processes_never_both_act(store, k8s, operator_factory, kubelet_factory, pod_events):
+    """Two operators for one namespace (an evicted pod overlapping its replacement): one holds the Lease and
+    acts, the other waits; when the first dies the second takes over after the lease expires."""
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
+    first = operator_factory()
+    second = operator_factory()
+    k8s.create("trainingjobs", "solo", {**SPEC, "training": {"maxSteps": 200}})
+    reached(store, k8s, "solo", 3)
+    lease = kubernetes.client.CoordinationV1Api(k8s.api).read_namespaced_lease("tunewright-operator", k8s.namespace)
+    assert lease.spec.holder_identity == f"{socket.gethostname()}_{first.proc.pid}"
+    assert "waiting for the lease" in second.log()
+    first.stop(signal.SIGKILL)
+    kubelet.kill("solo-a1", signal.SIGKILL)  # a failure only the new leader can act on
+    done = k8s.wait_phase("solo", "Running", timeout=40) and wait_for(
+        lambda: k8s.status("solo").get("podName") == "solo-a2", 60, "the new leader to start attempt 2")
+    assert done and [e for e in pod_events.events if e[0] == "ADDED"] == [("ADDED", "solo-a1"), ("ADDED", "solo-a2")]
+    assert k8s.status("solo")["failures"] == 1
