@@ -24,20 +24,30 @@ from tunewright.training.checkpoints import CheckpointStore
 
 
 class EpochEndCallback(TrainerCallback):
-    """Evaluate and checkpoint at every epoch end and at the last step, on top of the step interval.
+    """When to checkpoint (and evaluate): at every epoch end, at the last step, and once `every_steps` steps
+    have passed since the last checkpoint.
 
-    HF's save/eval strategies are either "steps" or "epoch", never both; the requirements want both.
-    A step that the interval already saved is not saved (or evaluated) twice.
+    HF's save/eval strategies are either "steps" (multiples of N) or "epoch", never both; the requirements
+    want both. Multiples of N would also land right after epoch ends (24 steps an epoch, every 25:
+    checkpoints and evaluations at 24 and again at 25), so the interval counts from the last checkpoint
+    instead: every epoch end is saved and no more than N steps of work are ever unsaved, without
+    near-duplicates. This replaces HF's interval decisions (DefaultFlowCallback runs before us).
+    A step already saved is not saved (or evaluated) twice. The last step is also always logged.
     """
 
-    def __init__(self, has_eval: bool):
+    def __init__(self, has_eval: bool, every_steps: int | None = None):
         self.has_eval = has_eval
+        self.every_steps = every_steps
         self.saved_step = -1
 
     def _request(self, state: TrainerState, control: TrainerControl) -> None:
         if self.saved_step != state.global_step and not control.should_save:
             control.should_save = True
             control.should_evaluate = self.has_eval
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> None:
+        self.saved_step = state.global_step  # 0, or the checkpoint a resumed run starts from
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
@@ -50,8 +60,12 @@ class EpochEndCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
+        if self.every_steps:
+            due = state.global_step - self.saved_step >= self.every_steps
+            control.should_save, control.should_evaluate = due, due and self.has_eval
         if state.global_step >= state.max_steps:
             self._request(state, control)
+            control.should_log = True  # the final figures, whatever logEverySteps is
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> None:
@@ -198,7 +212,9 @@ class TerminalDisplay:
             lr = record.get("learning_rate", 0.0)
             self.bar.update(self.task, description=f"loss {record['loss']:.4f}  lr {lr:.2e}")
         if "eval_loss" in record or self.bar is None:
-            self.console.print(f"step {record['step']}/{record['total_steps']} epoch {record['epoch']:.2f}  {text}")
+            # One line per event, however narrow the console (80 columns when it is not a terminal).
+            self.console.print(f"step {record['step']}/{record['total_steps']} epoch {record['epoch']:.2f}  {text}",
+                               soft_wrap=True, highlight=False)
 
     def stop(self) -> None:
         if self.bar is not None:

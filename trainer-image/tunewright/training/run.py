@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,10 @@ def with_lora(model: Any, config: TrainingConfig, family: Family) -> Any:
         modules_to_save=lora.modules_to_save,
         task_type="CAUSAL_LM" if family.name == "causal-lm" else None,
     )
-    return get_peft_model(model, peft_config)
+    with warnings.catch_warnings():
+        # PEFT 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: nothing a user can act on.
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, peft_config)
 
 
 def training_arguments(config: TrainingConfig, output_dir: Path, has_eval: bool) -> TrainingArguments:
@@ -256,7 +260,8 @@ class Run:
                                 flush_seconds=0.0 if self.root.local_path() else 5.0)
         self._wire_commits(logger, hf_dir)
         commit = CommitCheckpointCallback(self.checkpoints, hf_dir)
-        for cb in (CheckpointRanks(), EpochEndCallback(bool(val_ex)), commit, logger, sigterm):
+        schedule = EpochEndCallback(bool(val_ex), config.checkpointing.every_steps)
+        for cb in (CheckpointRanks(), schedule, commit, logger, sigterm):
             trainer.add_callback(cb)
         early = None
         if config.early_stopping and val_ex:
