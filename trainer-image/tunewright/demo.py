@@ -66,7 +66,7 @@ def show_samples(model: Any, tokenizer: Any, console: Console) -> None:
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    console = Console()
+    console = Console(soft_wrap=True)  # URIs and commands stay whole off a terminal too
     root = open_storage()
     console.rule(f"[bold]tunewright demo — storage {root.uri}")
     store = DatasetStore(root)
@@ -88,8 +88,8 @@ def main() -> None:
                       f"final loss={record.report.final_loss:.4f}")
     console.print("Next: `tunewright adapter list`, `tunewright adapter show demo-songs-sft`, "
                   "`tunewright report demo-songs-sft`.")
-    # Last, on a line of its own that never wraps: the page to open (curves, base vs adapter generations).
-    console.print(f"report: {outcome.result.report_page_uri}", soft_wrap=True, highlight=False)
+    # Last: the page to open (curves, base vs adapter generations).
+    console.print(f"report: {outcome.result.report_page_uri}", highlight=False)
 
 
 if __name__ == "__main__":
