@@ -52,7 +52,7 @@ def _adapter(root: Storage, run_id: str, tmp: Path) -> dict[str, torch.Tensor]:
     return load_file(str(local / "adapter_model.safetensors"))
 
 
-def test_interval_counts_from_the_last_checkpoint_so_an_epoch_end_is_not_saved_twice(root: Storage) -> None:
+def test_interval_restarts_with_each_epoch_so_an_epoch_end_is_not_saved_twice(root: Storage) -> None:
     # 10 steps an epoch, every 11 steps: multiples of 11 would checkpoint and evaluate at 10 and 11, 20 and 22.
     config = quick_config("songs", **{"training.maxSteps": 22, "checkpointing.everySteps": 11,
                                       "training.logEverySteps": 5, "checkpointing.keepLast": 10})

@@ -93,10 +93,10 @@ class LoraParams(Spec):
 
 
 class CheckpointingParams(Spec):
-    """Checkpoints are written at each epoch end, at the last step and `everySteps` steps after the last one."""
+    """Checkpoints are written at each epoch end, at the last step and every `everySteps` steps of an epoch."""
 
-    every_steps: int | None = Field(None, ge=1, description="Checkpoint (and evaluate) once N steps have passed "
-                                    "since the last checkpoint; epoch ends and the last step always checkpoint.")
+    every_steps: int | None = Field(None, ge=1, description="Checkpoint (and evaluate) every N steps, counted from "
+                                    "the start of each epoch; epoch ends and the last step always checkpoint.")
     keep_last: int = Field(3, ge=1, le=1000, description="Keep the N most recent checkpoints; "
                            "the best one by validation loss is always kept as well.")
 

@@ -24,20 +24,23 @@ from tunewright.training.checkpoints import CheckpointStore
 
 
 class EpochEndCallback(TrainerCallback):
-    """When to checkpoint (and evaluate): at every epoch end, at the last step, and once `every_steps` steps
-    have passed since the last checkpoint.
+    """When to checkpoint (and evaluate): at every epoch end, at the last step, and every `every_steps` steps
+    counted from the start of each epoch.
 
     HF's save/eval strategies are either "steps" (multiples of N) or "epoch", never both; the requirements
-    want both. Multiples of N would also land right after epoch ends (24 steps an epoch, every 25:
-    checkpoints and evaluations at 24 and again at 25), so the interval counts from the last checkpoint
-    instead: every epoch end is saved and no more than N steps of work are ever unsaved, without
-    near-duplicates. This replaces HF's interval decisions (DefaultFlowCallback runs before us).
-    A step already saved is not saved (or evaluated) twice. The last step is also always logged.
+    want both. Multiples of N over the whole run land right after epoch ends (24 steps an epoch, every 25:
+    checkpoints and evaluations at 24 and again at 25), so the interval restarts with each epoch: 24, 48,
+    50. Every epoch end is saved, no more than N steps of work are ever unsaved, and the schedule is a
+    function of the step alone, so a run resumed after an off-schedule (SIGTERM) checkpoint evaluates and
+    checkpoints the same steps as an uninterrupted one, and picks the same best checkpoint. This replaces
+    HF's interval decisions (DefaultFlowCallback runs before us). A step already saved is not saved (or
+    evaluated) twice. The last step is also always logged.
     """
 
     def __init__(self, has_eval: bool, every_steps: int | None = None):
         self.has_eval = has_eval
         self.every_steps = every_steps
+        self.steps_per_epoch: int | None = None
         self.saved_step = -1
 
     def _request(self, state: TrainerState, control: TrainerControl) -> None:
@@ -46,8 +49,10 @@ class EpochEndCallback(TrainerCallback):
             control.should_evaluate = self.has_eval
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                       **kwargs: Any) -> None:
-        self.saved_step = state.global_step  # 0, or the checkpoint a resumed run starts from
+                       train_dataloader: Any = None, **kwargs: Any) -> None:
+        # HF's optimizer steps per epoch: the last, partial accumulation of an epoch is a step too.
+        batches = len(train_dataloader)  # this rank's batches (the examples are in memory: always sized)
+        self.steps_per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
@@ -60,8 +65,8 @@ class EpochEndCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
-        if self.every_steps:
-            due = state.global_step - self.saved_step >= self.every_steps
+        if self.every_steps and self.steps_per_epoch:
+            due = state.global_step % self.steps_per_epoch % self.every_steps == 0
             control.should_save, control.should_evaluate = due, due and self.has_eval
         if state.global_step >= state.max_steps:
             self._request(state, control)

@@ -288,7 +288,7 @@ class Run:
 
         best = self.checkpoints.best()
         self._load_best(trainer, best, work)
-        samples = listen(trainer.model, processor, family.name, val_rows, config.training.seed, work / ADAPTER)
+        listened = listen(trainer.model, processor, family.name, val_rows, config.training.seed, work / ADAPTER)
         stopped_early = bool(early and trainer.state.global_step < trainer.state.max_steps)
         report = build_report(
             state=trainer.state, run_id=self.run.run_id, config=config.to_dict(),
@@ -301,7 +301,7 @@ class Run:
             initial_eval_loss=before, best=best, stopped_early=stopped_early, training_seconds=seconds,
             samples_per_step=samples_per_step, resumed_from=start.name if start else None,
             history=[json.loads(line) for line in logger.lines], checkpoints=self._checkpoint_list(),
-        ) | {"worldSize": args.world_size, "globalBatchSize": samples_per_step, "listen": samples}
+        ) | {"worldSize": args.world_size, "globalBatchSize": samples_per_step, "listen": listened}
         result = self._publish(trainer.model, report, dataset, work)
         logger.progress.state = "completed"
         logger.flush()
