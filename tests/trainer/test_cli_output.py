@@ -37,6 +37,8 @@ def test_quiet_dpo_run_without_validation_prints_train_rewards_and_no_bars_or_wa
     assert "final eval loss" not in summary  # no validation split...
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
         float(summary[f"train {key}"])  # ...but the training batches' rewards and accuracy
+    page = open_storage(uri).read_text("report.html")  # training figures only, and says why no outputs
+    assert 'alt="Preference accuracy"' in page and "held-out prompts, and this run had none" in page
     report = json.loads(open_storage(uri).read_text("report.json"))
     assert set(report["finalTrainMetrics"]) == {"rewards/chosen", "rewards/rejected", "rewards/margins",
                                                 "rewards/accuracies"}

@@ -128,7 +128,7 @@ def _clip(name: str, label: str, read: Callable[[str], bytes]) -> str:
 def _listen(report: dict[str, Any], read: Callable[[str], bytes]) -> str:
     entry = report.get("listen")
     if not entry or not entry.get("prompts"):
-        return "<p>No held-out prompts: the run had no validation split.</p>"
+        return "<p>No base vs adapter outputs: they are made for held-out prompts, and this run had none.</p>"
     rows = []
     for item in entry["prompts"]:
         if entry.get("kind") == "audio":
