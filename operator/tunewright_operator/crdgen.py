@@ -171,6 +171,7 @@ def all_crds() -> dict[str, dict[str, Any]]:
             _column("Method", ".spec.method"),
             _column("Final Loss", ".spec.report.finalLoss", "number"),
             _column("URI", ".spec.uri", priority=1),
+            _column("Report", ".spec.report.htmlUri", priority=1),
             AGE,
         ], "A trained LoRA adapter: where its PEFT files are, what it was trained on and how."),
         "datasets.yaml": crd("Dataset", "datasets", ["tds"], DatasetSpec, DatasetStatus, [

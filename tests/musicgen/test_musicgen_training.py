@@ -10,27 +10,43 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from peft import PeftModel
 
+from support.browser import ARTIFACTS, check_page
 from tunewright.config import TrainingConfig
 from tunewright.data.split import split_by_prompt
 from tunewright.data.store import DatasetStore
 from tunewright.data.synthetic_audio import REGISTERS, write_dataset
 from tunewright.models.loading import load_base
+from tunewright.reporting.audio import read_wav
 from tunewright.runs import RESULT
 from tunewright.storage import Storage, open_storage
 from tunewright.training import callbacks
+from tunewright.training import run as run_module
+from tunewright.training.listen import listen
 from tunewright.training.musicgen import ENCODER_FORWARDS, MusicgenFamily
 from tunewright.training.run import Outcome, Run, TrainingInterrupted
 
 
 def _run(config: TrainingConfig, root: Storage, run_id: str, **kwargs: Any) -> tuple[Outcome, Counter[str]]:
-    """Execute a run in this process; returns its outcome and the frozen-encoder forwards it made."""
-    before = Counter(ENCODER_FORWARDS)
-    outcome = Run(config, root, run_id=run_id, metrics_port=None, display=False, **kwargs).execute()
-    return outcome, ENCODER_FORWARDS - before
+    """Execute a run in this process; returns its outcome and the frozen-encoder forwards its training made
+    (not counted: the report's clips, generated after training, which run the text encoder once per side)."""
+    before, listening = Counter(ENCODER_FORWARDS), Counter()
+
+    def counted_listen(*args: Any, **kw: Any) -> Any:
+        start = Counter(ENCODER_FORWARDS)
+        try:
+            return listen(*args, **kw)
+        finally:
+            listening.update(Counter(ENCODER_FORWARDS) - start)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_module, "listen", counted_listen)
+        outcome = Run(config, root, run_id=run_id, metrics_port=None, display=False, **kwargs).execute()
+    return outcome, ENCODER_FORWARDS - before - listening
 
 
 def _adapter_dir(root: Storage, outcome: Outcome, tmp: Path) -> Path:
@@ -52,6 +68,29 @@ def sft(audio_root: Storage, musicgen_config: Callable[..., TrainingConfig]) -> 
         patch.setattr(callbacks.EpochEndCallback, "on_epoch_end", record)
         outcome, forwards = _run(musicgen_config("clips"), audio_root, "sft")
     return {"outcome": outcome, "forwards": forwards, "epochs": [c - before for c in at_epoch_end]}
+
+
+def test_report_page_plays_base_and_adapter_clips_in_chromium(sft: dict[str, Any], audio_root: Storage) -> None:
+    outcome = sft["outcome"]
+    listen = outcome.report["listen"]
+    assert listen["kind"] == "audio" and len(listen["prompts"]) == 3
+    adapter = open_storage(outcome.result.adapter_uri)
+    for item in listen["prompts"]:
+        base, rate = read_wav(adapter.read_bytes(item["base"]))
+        tuned, _ = read_wav(adapter.read_bytes(item["adapter"]))
+        assert rate == 8000 and len(base) == len(tuned) >= 8000  # 2 s clips at tiny-musicgen's 8 kHz
+        assert np.abs(base - tuned).max() > 0  # same seed: only the adapter differs
+
+    seen = check_page(outcome.result.report_page_uri, ARTIFACTS / "report-musicgen.png")
+    assert seen["errors"] == []
+    # 3 curves (loss, learning rate, grad norm) + a spectrogram per clip
+    assert len(seen["images"]) == 3 + 2 * 3, seen["images"]
+    assert all(i["complete"] and i["width"] > 100 and i["height"] > 100 for i in seen["images"]), seen["images"]
+    assert len(seen["audio"]) == 6
+    for audio in seen["audio"]:
+        assert audio["error"] is None and audio["canPlay"] in ("maybe", "probably"), audio
+        assert audio["readyState"] >= 1 and audio["duration"] == pytest.approx(len(base) / rate, abs=0.05), audio
+    assert seen["screenshot"].stat().st_size > 20_000
 
 
 def test_sft_lowers_heldout_nll_of_high_rated_clips(sft: dict[str, Any]) -> None:

@@ -80,6 +80,8 @@ def test_real_trainer_resumes_a_killed_pod_and_publishes_the_adapter(k8s, s3_roo
     assert a["runId"] == done["runId"] and a["config"]["training"]["maxSteps"] == total
     assert a["report"]["steps"] == total and a["report"]["finalLoss"] > 0 and a["report"]["bestEvalLoss"] > 0
     files = open_storage(a["uri"]).list()
-    assert {"adapter_config.json", "adapter_model.safetensors", "report.json", "record.json"} <= set(files)
+    assert {"adapter_config.json", "adapter_model.safetensors", "report.json", "report.html",
+            "record.json"} <= set(files)
+    assert a["report"]["htmlUri"] == f"{a['uri']}/report.html"  # `kubectl get adapters -o wide` shows it
     env = k8s.pods()[0]["spec"]["containers"][0]["env"]
     assert not any(e["name"].startswith("AWS") for e in env)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,18 @@ def test_dpo_reference_is_scored_once_and_reused_by_the_resumed_attempt(dpo: Dpo
     assert dpo.report["resumedFrom"] == "checkpoint-5"
 
 
+def plot_titles(root: Storage, run_id: str) -> list[str]:
+    return re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+" alt="([^"]+)">',
+                      root.read_text(f"runs/{run_id}/report.html"))
+
+
+def test_dpo_report_page_plots_rewards_and_accuracy_and_keeps_the_first_attempts_checkpoints(dpo: DpoRun) -> None:
+    assert plot_titles(dpo.root, dpo.run_id) == ["loss over steps", "Learning rate", "Gradient norm (before clipping)",
+                                                 "rewards over steps", "Preference accuracy"]
+    steps = [c["step"] for c in dpo.report["checkpoints"]]
+    assert 5 in steps and steps == sorted(steps)  # the interrupted attempt's SIGTERM checkpoint is marked too
+
+
 def test_ranking_on_rated_lists_of_mixed_length_lifts_held_out_kendall_tau(tmp_path: Path) -> None:
     # Every other prompt loses its middle-rated samples: lists of three and of two share batches.
     rows = synthetic.rated_rows()
@@ -135,3 +148,4 @@ def test_ranking_on_rated_lists_of_mixed_length_lifts_held_out_kendall_tau(tmp_p
     assert last["eval_ranking/kendall_tau"] >= 0.5
     assert last["eval_ranking/pairwise_accuracy"] >= 0.75
     assert last["eval_loss"] < outcome.report["initialEvalLoss"]
+    assert plot_titles(root, outcome.run_id)[-1] == "Kendall τ"

@@ -52,6 +52,16 @@ def _adapter(root: Storage, run_id: str, tmp: Path) -> dict[str, torch.Tensor]:
     return load_file(str(local / "adapter_model.safetensors"))
 
 
+def test_interval_restarts_with_each_epoch_so_an_epoch_end_is_not_saved_twice(root: Storage) -> None:
+    # 10 steps an epoch, every 11 steps: multiples of 11 would checkpoint and evaluate at 10 and 11, 20 and 22.
+    config = quick_config("songs", **{"training.maxSteps": 22, "checkpointing.everySteps": 11,
+                                      "training.logEverySteps": 5, "checkpointing.keepLast": 10})
+    outcome = Run(config, root, run_id="schedule", display=False).execute()
+    assert [c["step"] for c in outcome.report["checkpoints"]] == [10, 20, 22]
+    lines = [json.loads(x) for x in root.child("runs", "schedule").read_text("metrics.jsonl").splitlines()]
+    assert [x["step"] for x in lines if "eval_loss" in x] == [10, 20, 22]
+
+
 def test_sigkill_mid_epoch_then_resume_reproduces_the_uninterrupted_run(root: Storage, tmp_path: Path) -> None:
     config = quick_config("songs", **RESUME)
     reference = Run(config, root, run_id="uninterrupted", display=False).execute()

@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from support.browser import ARTIFACTS as BROWSER_ARTIFACTS
+from support.browser import check_page
 from support.trainer import quick_config
 from tunewright.cli import main as tunewright_cli
 from tunewright.cli import train as train_cli
+from tunewright.data.split import split_by_prompt
+from tunewright.data.store import DatasetStore
 from tunewright.models.loading import load_base
 from tunewright.registry import AdapterRecord, Registry, RegistryError
 from tunewright.storage import Storage, open_storage
@@ -122,6 +126,52 @@ def test_cli_lists_and_shows_adapters_and_datasets(trained: tuple[Storage, Outco
     assert tunewright_cli.main(["--storage", root.uri, "adapter", "show", "songs-sft"]) == 0
     out = capsys.readouterr().out
     assert "songs-sft" in out and "v1" in out and "rated" in out and '"runId"' in out
+
+
+def test_report_page_shows_curves_and_base_vs_adapter_generations_in_chromium(
+        trained: tuple[Storage, Outcome]) -> None:
+    root, outcome = trained
+    run = root.child("runs", outcome.run_id)
+    adapter = open_storage(outcome.result.adapter_uri)
+    page = adapter.read_text("report.html")
+    assert run.read_text("report.html") == page  # the same page in the run and in the registry
+    assert outcome.result.report_page_uri == f"{adapter.uri}/report.html"
+    assert Registry(root).get("songs-sft").report.html_uri == outcome.result.report_page_uri
+    # Self-contained: nothing is fetched from anywhere, which the page's CSP also enforces.
+    assert "http://" not in page and "https://" not in page and "default-src 'none'" in page
+    report = outcome.report
+    assert [c["step"] for c in report["checkpoints"]] == [10, 20, 30]
+    assert report["listen"]["kind"] == "text" and len(report["listen"]["prompts"]) == 3
+    train_rows, validation_rows = split_by_prompt(DatasetStore(root).rows("songs"), 0.2)
+    for item in report["listen"]["prompts"]:  # held out: validation prompts, never trained on
+        assert item["prompt"] in {r.prompt for r in validation_rows} - {r.prompt for r in train_rows}
+        assert item["base"] != item["adapter"]
+
+    seen = check_page(outcome.result.report_page_uri, BROWSER_ARTIFACTS / "report-sft.png")
+    assert seen["errors"] == []
+    # loss, learning rate, grad norm: each decoded by the browser with a real size
+    assert len(seen["images"]) == 3, seen["images"]
+    assert all(i["complete"] and i["width"] > 100 and i["height"] > 100 for i in seen["images"]), seen["images"]
+    assert seen["audio"] == []
+    assert seen["screenshot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and seen["screenshot"].stat().st_size > 20_000
+
+
+def test_report_cli_rebuilds_the_page_and_refuses_a_bad_version(
+        trained: tuple[Storage, Outcome], capsys: pytest.CaptureFixture[str]) -> None:
+    root, outcome = trained
+    adapter = open_storage(outcome.result.adapter_uri)
+    original = adapter.read_text("report.html")
+    adapter.delete("report.html")
+    assert tunewright_cli.main(["--storage", root.uri, "report", "songs-sft:1"]) == 0
+    assert capsys.readouterr().out.strip() == outcome.result.report_page_uri
+    assert adapter.read_text("report.html") == original
+    assert tunewright_cli.main(["--storage", root.uri, "adapter", "show", "songs-sft"]) == 0
+    assert json.loads(capsys.readouterr().out)["report"]["htmlUri"] == outcome.result.report_page_uri
+    assert tunewright_cli.main(["--storage", root.uri, "report", "songs-sft:v2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: ADAPTER[:VERSION]: version must be a positive integer, got 'v2' in 'songs-sft:v2'"]
+    assert tunewright_cli.main(["--storage", root.uri, "report", "songs-sft:7"]) == 1
+    assert "adapter 'songs-sft' has no version 7 (versions: [1])" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

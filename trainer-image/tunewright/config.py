@@ -67,7 +67,8 @@ class TrainingParams(Spec):
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for data order, initialisation, dropout.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Compute precision. bf16 autocasts on CPUs that support it and on GPUs.")
-    log_every_steps: int = Field(10, ge=1, description="Log loss, learning rate and grad norm every N steps.")
+    log_every_steps: int = Field(10, ge=1, description="Log loss, learning rate and grad norm every N steps "
+                                 "and at the last step.")
 
 
 class DataParams(Spec):
@@ -95,10 +96,10 @@ class LoraParams(Spec):
 
 
 class CheckpointingParams(Spec):
-    """Checkpoints are written at each epoch end and every `everySteps` steps."""
+    """Checkpoints are written at each epoch end, at the last step and every `everySteps` steps of an epoch."""
 
-    every_steps: int | None = Field(None, ge=1, description="Checkpoint (and evaluate) every N steps; "
-                                    "epoch ends always checkpoint.")
+    every_steps: int | None = Field(None, ge=1, description="Checkpoint (and evaluate) every N steps, counted from "
+                                    "the start of each epoch; epoch ends and the last step always checkpoint.")
     keep_last: int = Field(3, ge=1, le=1000, description="Keep the N most recent checkpoints; "
                            "the best one by validation loss is always kept as well.")
 

@@ -50,17 +50,9 @@ def mood_score(text: str, mood: str) -> float:
     return sum(w in MOODS[mood] for w in hits) / len(hits) if hits else 0.0
 
 
-def generate(model: Any, tokenizer: Any, prompt: str) -> str:
-    import torch
-
-    ids = tokenizer(tokenizer.bos_token + prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, max_new_tokens=48, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-
-
 def show_samples(model: Any, tokenizer: Any, console: Console) -> None:
+    from tunewright.training.listen import generate_text as generate
+
     console.rule("[bold]generations for prompts the adapter never saw")
     for prompt in HELD_OUT_PROMPTS:
         mood = "happy" if "happy" in prompt else "sad"
@@ -74,7 +66,7 @@ def show_samples(model: Any, tokenizer: Any, console: Console) -> None:
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    console = Console()
+    console = Console(soft_wrap=True)  # URIs and commands stay whole off a terminal too
     root = open_storage()
     console.rule(f"[bold]tunewright demo — storage {root.uri}")
     store = DatasetStore(root)
@@ -90,12 +82,14 @@ def main() -> None:
     console.print(f"validation loss: {report['initialEvalLoss']:.3f} before training → "
                   f"{report['bestEvalLoss']:.3f} after (best step {report['bestStep']})")
     console.print(f"adapter (PEFT directory): {outcome.result.adapter_uri}")
-    console.print(f"report: {outcome.result.report_uri}")
     console.print("registered adapters:")
     for record in Registry(root).list():
         console.print(f"  {record.name} v{record.version}  {record.method}  dataset={record.dataset.id}  "
                       f"final loss={record.report.final_loss:.4f}")
-    console.print("Next: `tunewright adapter list`, `tunewright adapter show demo-songs-sft`.")
+    console.print("Next: `tunewright adapter list`, `tunewright adapter show demo-songs-sft`, "
+                  "`tunewright report demo-songs-sft`.")
+    # Last: the page to open (curves, base vs adapter generations).
+    console.print(f"report: {outcome.result.report_page_uri}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The adapter registry: `<root>/adapters/<name>/<version>/` with the PEFT files, report.json and record.json.
+"""The adapter registry: `<root>/adapters/<name>/<version>/` with the PEFT files, report.json, report.html (and
+the clips it plays, under samples/) and record.json.
 
 record.json is the provenance record; in-cluster the operator turns it into an `Adapter` custom resource.
 Versions are positive integers, assigned in order; a version that exists is never overwritten: every file
@@ -55,6 +56,7 @@ class ReportSummary(Record):
     epochs: float | None = None
     steps: int | None = None
     stopped_early: bool = False
+    html_uri: str | None = Field(None, description="The report page (report.html): curves, base vs adapter outputs.")
 
 
 class AdapterRecord(Record):

@@ -6,6 +6,7 @@
     runs/<run-id>/checkpoints/<name>/  checkpoint files; `manifest.json` is written last (the commit)
     runs/<run-id>/adapter/             the final PEFT adapter
     runs/<run-id>/report.json          the training report
+    runs/<run-id>/report.html          the same as a self-contained page (plots, clips inlined)
     runs/<run-id>/result.json          written after registration: the run is complete
 
 No torch here: the operator imports this module.
@@ -30,6 +31,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 REPORT = "report.json"
+REPORT_PAGE = "report.html"
 RESULT = "result.json"
 
 
@@ -73,6 +75,7 @@ class RunResult(Record):
     adapter_version: int
     adapter_uri: str
     report_uri: str
+    report_page_uri: str | None = None  # report.html, beside report_uri
 
 
 def new_run_id(name: str) -> str:

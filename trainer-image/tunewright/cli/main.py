@@ -10,7 +10,7 @@ import sys
 from tunewright.cli.common import Parser, run_cli
 from tunewright.data.rows import ROW_MODELS
 from tunewright.data.store import DatasetStore
-from tunewright.registry import Registry
+from tunewright.registry import Registry, RegistryError
 from tunewright.storage import open_storage
 
 
@@ -32,7 +32,18 @@ def parser() -> argparse.ArgumentParser:
     ashow = ad.add_parser("show")
     ashow.add_argument("name")
     ashow.add_argument("--version", type=int)
+    rep = sub.add_parser("report", help="(re)build an adapter's report.html and print its URI")
+    rep.add_argument("adapter", metavar="ADAPTER[:VERSION]", help="adapter name, optionally :version (default latest)")
     return p
+
+
+def adapter_ref(text: str) -> tuple[str, int | None]:
+    name, sep, version = text.partition(":")
+    if not sep:
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise RegistryError(f"ADAPTER[:VERSION]: version must be a positive integer, got {version!r} in {text!r}")
+    return name, int(version)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +67,12 @@ def dispatch(args: argparse.Namespace) -> int:
             print(store.meta(args.id).model_dump_json(indent=2))
         return 0
     registry = Registry(root)
+    if args.area == "report":
+        from tunewright.reporting.page import rebuild  # matplotlib: only this command needs it
+
+        record = registry.get(*adapter_ref(args.adapter))
+        print(rebuild(registry.version_dir(record.name, record.version)))
+        return 0
     if args.cmd == "list":
         for r in registry.list():
             loss = f"{r.report.final_loss:.4f}" if r.report.final_loss is not None else "-"

@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
                    help="override one field, e.g. --set training.learningRate=1e-3 (repeatable)")
     p.add_argument("--metrics-port", type=_port, default=os.environ.get("TUNEWRIGHT_METRICS_PORT", "9400"),
                    help="Prometheus /metrics port (0 disables; default 9400; also $TUNEWRIGHT_METRICS_PORT)")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--quiet", action="store_true", help="no progress display, no progress bars")
     p.add_argument("--nproc-per-node", type=_positive, metavar="N",
                    help="data-parallel processes on this machine (default: resources.gpus when > 1, else 1); "
                         "more than one process in all runs under torchrun")
@@ -76,6 +76,8 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
 def main(argv: list[str] | None = None) -> int:
     launch.worker_setup()  # before anything can fail
     args = parser().parse_args(argv)
+    if args.quiet:  # also the Hub's and transformers' bars ("Loading weights"), here and in torchrun's workers
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "botocore", "urllib3", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

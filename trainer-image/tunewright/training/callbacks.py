@@ -24,20 +24,35 @@ from tunewright.training.checkpoints import CheckpointStore
 
 
 class EpochEndCallback(TrainerCallback):
-    """Evaluate and checkpoint at every epoch end and at the last step, on top of the step interval.
+    """When to checkpoint (and evaluate): at every epoch end, at the last step, and every `every_steps` steps
+    counted from the start of each epoch.
 
-    HF's save/eval strategies are either "steps" or "epoch", never both; the requirements want both.
-    A step that the interval already saved is not saved (or evaluated) twice.
+    HF's save/eval strategies are either "steps" (multiples of N) or "epoch", never both; the requirements
+    want both. Multiples of N over the whole run land right after epoch ends (24 steps an epoch, every 25:
+    checkpoints and evaluations at 24 and again at 25), so the interval restarts with each epoch: 24, 48,
+    50. Every epoch end is saved, no more than N steps of work are ever unsaved, and the schedule is a
+    function of the step alone, so a run resumed after an off-schedule (SIGTERM) checkpoint evaluates and
+    checkpoints the same steps as an uninterrupted one, and picks the same best checkpoint. This replaces
+    HF's interval decisions (DefaultFlowCallback runs before us). A step already saved is not saved (or
+    evaluated) twice. The last step is also always logged.
     """
 
-    def __init__(self, has_eval: bool):
+    def __init__(self, has_eval: bool, every_steps: int | None = None):
         self.has_eval = has_eval
+        self.every_steps = every_steps
+        self.steps_per_epoch: int | None = None
         self.saved_step = -1
 
     def _request(self, state: TrainerState, control: TrainerControl) -> None:
         if self.saved_step != state.global_step and not control.should_save:
             control.should_save = True
             control.should_evaluate = self.has_eval
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       train_dataloader: Any = None, **kwargs: Any) -> None:
+        # HF's optimizer steps per epoch: the last, partial accumulation of an epoch is a step too.
+        batches = len(train_dataloader)  # this rank's batches (the examples are in memory: always sized)
+        self.steps_per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
@@ -50,8 +65,12 @@ class EpochEndCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
+        if self.every_steps and self.steps_per_epoch:
+            due = state.global_step % self.steps_per_epoch % self.every_steps == 0
+            control.should_save, control.should_evaluate = due, due and self.has_eval
         if state.global_step >= state.max_steps:
             self._request(state, control)
+            control.should_log = True  # the final figures, whatever logEverySteps is
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> None:
@@ -213,7 +232,9 @@ class TerminalDisplay:
             lr = record.get("learning_rate", 0.0)
             self.bar.update(self.task, description=f"loss {record['loss']:.4f}  lr {lr:.2e}")
         if "eval_loss" in record or self.bar is None:
-            self.console.print(f"step {record['step']}/{record['total_steps']} epoch {record['epoch']:.2f}  {text}")
+            # One line per event, however narrow the console (80 columns when it is not a terminal).
+            self.console.print(f"step {record['step']}/{record['total_steps']} epoch {record['epoch']:.2f}  {text}",
+                               soft_wrap=True, highlight=False)
 
     def stop(self) -> None:
         if self.bar is not None:

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from tunewright.registry import (
     TrainingJobRef,
     VersionTaken,
 )
-from tunewright.runs import ADAPTER, CONFIG, METRICS, REPORT, RESULT, RunResult, RunStore
+from tunewright.reporting.page import render
+from tunewright.runs import ADAPTER, CONFIG, METRICS, REPORT, REPORT_PAGE, RESULT, RunResult, RunStore
 from tunewright.storage import Storage
 from tunewright.training.callbacks import (
     CommitCheckpointCallback,
@@ -43,6 +45,7 @@ from tunewright.training.checkpoints import CheckpointInfo, CheckpointStore
 from tunewright.training.distributed import CheckpointRanks, check_resume_world, describe_batch, sigterm_callback
 from tunewright.training.family import CausalLMFamily, Family
 from tunewright.training.launch import is_main, resolve_run_id
+from tunewright.training.listen import listen
 from tunewright.training.objectives import DataError, objective_for
 from tunewright.training.report import build_report, print_summary
 from tunewright.training.trainer import ExampleDataset, ObjectiveTrainer
@@ -106,7 +109,10 @@ def with_lora(model: Any, config: TrainingConfig, family: Family) -> Any:
         modules_to_save=lora.modules_to_save,
         task_type="CAUSAL_LM" if family.name == "causal-lm" else None,
     )
-    return get_peft_model(model, peft_config)
+    with warnings.catch_warnings():
+        # PEFT 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: nothing a user can act on.
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, peft_config)
 
 
 def training_arguments(config: TrainingConfig, output_dir: Path, has_eval: bool) -> TrainingArguments:
@@ -231,6 +237,7 @@ class Run:
         self.metrics_port = metrics_port if is_main() else None  # only rank 0 has the (averaged) values
         self.display = TerminalDisplay(enabled=display and is_main())
         self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last)
+        self.committed: dict[int, Any] = {}  # checkpoints committed by this process, retention's victims too
 
     def execute(self) -> Outcome:
         """Everything that can be checked without the model is checked before anything is written: the
@@ -296,7 +303,8 @@ class Run:
                                 flush_seconds=0.0 if self.root.local_path() else 5.0)
         self._wire_commits(logger, hf_dir)
         commit = CommitCheckpointCallback(self.checkpoints, hf_dir)
-        for cb in (CheckpointRanks(), EpochEndCallback(bool(val_ex)), commit, logger, sigterm):
+        schedule = EpochEndCallback(bool(val_ex), config.checkpointing.every_steps)
+        for cb in (CheckpointRanks(), schedule, commit, logger, sigterm):
             trainer.add_callback(cb)
         early = None
         if config.early_stopping and val_ex:
@@ -329,6 +337,7 @@ class Run:
 
         best = self.checkpoints.best()
         self._load_best(trainer, best, work)
+        listened = listen(trainer.model, processor, family.name, val_rows, config.training.seed, work / ADAPTER)
         stopped_early = bool(early and trainer.state.global_step < trainer.state.max_steps)
         report = build_report(
             state=trainer.state, run_id=self.run.run_id, config=config.to_dict(),
@@ -340,11 +349,12 @@ class Run:
                     "trainExamples": len(train_ex), "validationExamples": len(val_ex)},
             initial_eval_loss=before, best=best, stopped_early=stopped_early, training_seconds=seconds,
             samples_per_step=samples_per_step, resumed_from=start.name if start else None,
-        ) | {"worldSize": args.world_size, "globalBatchSize": samples_per_step}
+            history=[json.loads(line) for line in logger.lines], checkpoints=self._checkpoint_list(),
+        ) | {"worldSize": args.world_size, "globalBatchSize": samples_per_step, "listen": listened}
         result = self._publish(trainer.model, report, dataset, work)
         logger.progress.state = "completed"
         logger.flush()
-        print_summary(report, result.adapter_uri, self.display.console)
+        print_summary(report, result.adapter_uri, result.report_page_uri, self.display.console)
         return Outcome(self.run.run_id, result, report, trainer.model, processor)
 
     @staticmethod
@@ -361,6 +371,7 @@ class Run:
         best = [self.checkpoints.best()]  # retention never deletes the best, so a running minimum is exact
 
         def committed(info: Any, upload_seconds: float) -> None:
+            self.committed[info.step] = info
             if info.metric is not None and (best[0] is None or best[0].metric is None or info.metric < best[0].metric):
                 best[0] = info
             logger.checkpoint_committed(info.name, best[0].name if best[0] else None)
@@ -369,6 +380,12 @@ class Run:
             shutil.rmtree(hf_dir / info.name, ignore_errors=True)  # the local staging copy is no longer needed
 
         self.checkpoints.on_commit.append(committed)
+
+    def _checkpoint_list(self) -> list[dict[str, Any]]:
+        """Every checkpoint this run is known to have committed: the ones retention kept (earlier attempts'
+        included) and the ones this process committed."""
+        infos = {c.step: c for c in self.checkpoints.committed()} | self.committed
+        return [{"name": c.name, "step": c.step, "evalLoss": c.metric} for _, c in sorted(infos.items())]
 
     def _load_best(self, trainer: ObjectiveTrainer, best: Any, work: Path) -> None:
         """The final adapter is the best checkpoint's weights (by validation loss) when it is not the last."""
@@ -390,9 +407,13 @@ class Run:
         for _ in range(PUBLISH_ATTEMPTS):
             version = existing.version if existing else registry.next_version(self.name)
             versioned = {**report, "adapter": {"name": self.name, "version": version}}
-            (adapter_dir / REPORT).write_text(json.dumps(versioned, indent=2, sort_keys=True, allow_nan=True))
+            text = json.dumps(versioned, indent=2, sort_keys=True, allow_nan=True)
+            page = render(versioned, lambda name: (adapter_dir / name).read_bytes())
+            (adapter_dir / REPORT).write_text(text)
+            (adapter_dir / REPORT_PAGE).write_text(page)
             self.run.dir.upload_dir(adapter_dir, ADAPTER)
-            self.run.dir.write_text(REPORT, json.dumps(versioned, indent=2, sort_keys=True, allow_nan=True))
+            self.run.dir.write_text(REPORT, text)
+            self.run.dir.write_text(REPORT_PAGE, page)
             try:
                 record = existing or registry.register(self._record(version, versioned, dataset),
                                                        local_dir=adapter_dir)
@@ -402,7 +423,7 @@ class Run:
         else:
             raise RunError(f"adapter {self.name}: no free registry version after {PUBLISH_ATTEMPTS} attempts")
         result = RunResult(adapter_name=record.name, adapter_version=record.version, adapter_uri=record.uri,
-                           report_uri=f"{record.uri}/{REPORT}")
+                           report_uri=f"{record.uri}/{REPORT}", report_page_uri=f"{record.uri}/{REPORT_PAGE}")
         self.run.dir.write_text(RESULT, result.to_json())
         return result
 
@@ -415,5 +436,6 @@ class Run:
             run_id=self.run.run_id, training_job=training_job_ref(), config=self.config.to_dict(),
             report=ReportSummary(final_loss=report["finalTrainLoss"], best_eval_loss=report["bestEvalLoss"],
                                  training_seconds=report["trainingSeconds"], epochs=report["epochs"],
-                                 steps=report["steps"], stopped_early=report["stoppedEarly"]),
+                                 steps=report["steps"], stopped_early=report["stoppedEarly"],
+                                 html_uri=f"{Registry(self.root).version_dir(self.name, version).uri}/{REPORT_PAGE}"),
         )
