@@ -119,9 +119,20 @@ def _column(name: str, path: str, type_: str = "string", priority: int = 0) -> d
 AGE = _column("Age", ".metadata.creationTimestamp", "date")
 
 
+def immutable(schema: dict[str, Any], mutable: tuple[str, ...]) -> dict[str, Any]:
+    """Transition rules that refuse edits of every spec field but `mutable` (present or absent alike: a rule on
+    the field itself would not run when it is added or removed)."""
+    rules = [{"rule": f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})",
+              "message": f"spec.{f} cannot change once the TrainingJob exists (only {', '.join(mutable)} can): "
+                         "create a new TrainingJob", "fieldPath": f".{f}", "reason": "FieldValueForbidden"}
+             for f in schema["properties"] if f not in mutable]
+    return {**schema, "x-kubernetes-validations": [*schema.get("x-kubernetes-validations", []), *rules]}
+
+
 def crd(kind: str, plural: str, short: list[str], spec: type[BaseModel], status: type[BaseModel],
         columns: list[dict[str, Any]], description: str) -> dict[str, Any]:
     status_schema = {**openapi(status), "x-kubernetes-preserve-unknown-fields": True}
+    mutable = getattr(spec, "MUTABLE", None)
     root = {
         "type": "object",
         "description": description,
@@ -130,7 +141,7 @@ def crd(kind: str, plural: str, short: list[str], spec: type[BaseModel], status:
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": openapi(spec),
+            "spec": openapi(spec) if mutable is None else immutable(openapi(spec), mutable),
             "status": status_schema,
         },
     }
@@ -280,8 +291,10 @@ def reference() -> str:
         "  `Synced` turns `True` (`Recovered`) once a try succeeds. A job whose last try failed waits behind the",
         "  other queued jobs, so it never blocks the queue. Events come from `tunewright-operator`.",
         "- The trainer's config file is written once, at the first start (ConfigMap `<name>-config`), so every",
-        "  retry resumes the same run; later edits of training fields do not reach it (create a new",
-        "  TrainingJob instead). `suspend`, `priority` and `retries` take effect at once.",
+        "  retry resumes the same run. Hence only `suspend`, `priority` and `retries` can change after creation",
+        "  (they take effect at once; `observedGeneration` says which generation the status reflects); the API",
+        "  server refuses edits of any other spec field (`spec.<field> cannot change once the TrainingJob",
+        "  exists`, CEL transition rules in the CRD): create a new TrainingJob instead.",
     ])
 
 

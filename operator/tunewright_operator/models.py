@@ -7,7 +7,7 @@ status mirrors the directory's meta.json.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -47,6 +47,10 @@ class TrainingJobSpec(TrainingConfig):
     suspend: bool = Field(False, description="true stops the pod (the trainer checkpoints on SIGTERM) and keeps "
                           "the job queued; false resumes it.")
     priority: int = Field(0, ge=-1000, le=1000, description="Queue order: higher first, then creation time.")
+
+    # What may change after creation (the CRD refuses edits of anything else): the trainer's config is written
+    # once, at the first start, so every retry resumes the same run.
+    MUTABLE: ClassVar[tuple[str, ...]] = ("suspend", "priority", "retries")
 
 
 class Record(BaseModel):

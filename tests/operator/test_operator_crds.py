@@ -223,3 +223,26 @@ def test_operator_does_not_import_torch() -> None:
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_only_suspend_priority_and_retries_change_after_creation(control_plane: ControlPlane, namespace: str) -> None:
+    """Edits the operator could not honour (the trainer's config is written once) are refused at the API server."""
+    custom = CustomObjectsApi(control_plane.client())
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs",
+                                           tj({"dataset": {"id": "songs"}, "training": {"maxSteps": 5}}))
+
+    def patch(spec: dict[str, Any]) -> str:
+        try:
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", "x", {"spec": spec})
+        except ApiException as err:
+            assert err.status == 422
+            return json.loads(err.body)["message"]
+        return ""
+
+    for allowed in ({"suspend": True}, {"priority": 5}, {"retries": 1}):
+        assert patch(allowed) == ""
+    for field, value in (("training", {"maxSteps": 50}), ("image", "other:1"), ("resources", {"cpu": "2"}),
+                         ("method", "dpo"), ("storage", {"uri": "s3://b/p"})):
+        message = patch({field: value})
+        assert f"spec.{field}: Forbidden: spec.{field} cannot change once the TrainingJob exists" in message, message
+        assert "create a new TrainingJob" in message
