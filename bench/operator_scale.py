@@ -130,14 +130,15 @@ class ThreadTrainer:
 
 # --- the bench's own API requests ---
 
-def _classify(method: str, url: str, query: Any) -> tuple[str, str, str]:
+def _classify(method: str, url: str) -> tuple[str, str, str]:
     """(verb, resource, subresource) as apiserver_request_total labels them."""
-    parts = [p for p in urlparse(url).path.split("/") if p]
+    parsed = urlparse(url)
+    parts = [p for p in parsed.path.split("/") if p]
     parts = parts[2:] if parts[0] == "api" else parts[3:]  # /api/v1/..., /apis/<group>/<version>/...
     if parts[:1] == ["namespaces"] and len(parts) > 2:
         parts = parts[2:]
     resource, name, sub = [*parts, "", "", ""][:3]
-    watching = any(k == "watch" and v for k, v in (query or []))
+    watching = "watch=true" in parsed.query.lower()
     verb = {"POST": "CREATE", "PUT": "UPDATE", "PATCH": "PATCH", "DELETE": "DELETE"}.get(method) or \
         ("WATCH" if watching else "GET" if name else "LIST")
     return verb, resource, sub
@@ -145,15 +146,15 @@ def _classify(method: str, url: str, query: Any) -> tuple[str, str, str]:
 
 def counted_client(plane: ControlPlane) -> tuple[kubernetes.client.ApiClient, Counter[tuple[str, str, str]]]:
     api, sent = plane.client(), Counter[tuple[str, str, str]]()
-    request = api.request
+    request = api.rest_client.request
     lock = threading.Lock()
 
-    def counting(method: str, url: str, query_params: Any = None, *args: Any, **kwargs: Any) -> Any:
+    def counting(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         with lock:
-            sent[_classify(method, url, query_params)] += 1
-        return request(method, url, query_params, *args, **kwargs)
+            sent[_classify(method, url)] += 1
+        return request(method, url, *args, **kwargs)
 
-    api.request = counting  # type: ignore[method-assign]
+    api.rest_client.request = counting  # every call of this client goes through it
     return api, sent
 
 
