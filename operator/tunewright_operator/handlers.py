@@ -43,14 +43,20 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
     rec = Reconciler(kube, settings, post_event, state)
     tj = (GROUP, VERSION, TRAININGJOBS)
     stop = threading.Event()
+    started = threading.Lock()
 
     def attach(indexes: dict[str, Any]) -> None:
-        state.attach(indexes["trainingjob_index"], indexes["trainer_pod_index"])
+        """Every handler: the indexes are populated once one runs; the first call starts the poll loop in its
+        context (kopf.event() needs Kopf's context variables, set only for handlers of watched objects)."""
+        with started:
+            if not state.ready.is_set():
+                state.attach(indexes["trainingjob_index"], indexes["trainer_pod_index"])
+                context = contextvars.copy_context()
+                threading.Thread(target=context.run, args=(poll_loop,), name="poll", daemon=True).start()
 
     poll_pass = metrics.counted("poll")(rec.poll_running)
 
     def poll_loop() -> None:
-        state.ready.wait()
         while not stop.wait(settings.poll_seconds):
             try:
                 poll_pass()
@@ -76,10 +82,6 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
         settings.networking.request_timeout = 60
         if rec.settings.metrics_port:
             prometheus_client.start_http_server(rec.settings.metrics_port)
-        # Its first pass waits for the indexes: it fills the gauges and starts what the queue allows, even if no
-        # event comes. It runs in this handler's context: kopf.event() needs Kopf's context variables.
-        context = contextvars.copy_context()
-        threading.Thread(target=context.run, args=(poll_loop,), name="poll", daemon=True).start()
 
     @kopf.on.cleanup()
     def cleanup(**_: Any) -> None:
