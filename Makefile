@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-music test lint crds chart-crds tools control-plane bench images clean
+.PHONY: install demo demo-music test lint crds chart-crds tools control-plane bench bench-operator images clean
 
 install: $(STAMP)
 
@@ -74,6 +74,12 @@ control-plane: .bin/.control-plane
 # comparisons, BENCH_ARGS=--quick checks the plumbing with tiny models.
 bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The operator at 100, 300 and 1,000 TrainingJobs (burst and stream, maxConcurrentJobs 50) on the tests' real
+# control plane; table + bench/operator-results.json, last line = key figures. ~10 min on 2 cores; not part of
+# `make test`. BENCH_ARGS="--sizes 100 --modes burst" for a quick look (see bench/operator_scale.py).
+bench-operator: install control-plane
+	$(PY) -m bench.operator_scale $(BENCH_ARGS)
 
 # Container images (needs a Docker engine; none runs on the CI machines).
 IMAGE_PREFIX ?= tunewright

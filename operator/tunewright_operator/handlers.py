@@ -1,24 +1,37 @@
 """The Kopf handlers: each one only routes an event to the reconciler (the logic is in reconcile.py).
 
-No handler needs a finalizer: owned pods, Services and ConfigMaps go with their TrainingJob by ownerReference
-(Kubernetes' garbage collector), and Adapters are meant to outlive it.
+No handler needs a finalizer, and none is put on any object: owned pods, Services and ConfigMaps go with their
+TrainingJob by ownerReference (Kubernetes' garbage collector), Adapters are meant to outlive it, and a job deleted
+while the operator is down goes away at once. That is why progress is polled by one operator-wide loop over the
+running jobs rather than a Kopf timer per job (a timer needs a finalizer on every unfinished job, and 1,000
+timers cost 1,000 wake-ups per interval).
+
+Work per event does not grow with the number of jobs: the queue reads two Kopf indexes (queue.Indexed), the
+operator's own status writes and pod changes that do not matter are not reconciled again, and storage is read
+for running jobs only.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import socket
+import threading
 from typing import Any
 
 import kopf
 import prometheus_client
 
-from tunewright_operator import datasets, metrics
+from tunewright_operator import datasets, metrics, queue
 from tunewright_operator.kube import DATASETS, TRAININGJOBS, Kube
-from tunewright_operator.models import GROUP, TERMINAL_PHASES, VERSION
+from tunewright_operator.models import GROUP, VERSION
 from tunewright_operator.pods import LABEL_JOB, MANAGED_BY, owner_job
+from tunewright_operator.podstate import unfinished
 from tunewright_operator.reconcile import Reconciler
 from tunewright_operator.settings import Settings
+
+log = logging.getLogger("tunewright.operator")
+TRAINER_PODS = {**MANAGED_BY, LABEL_JOB: kopf.PRESENT}
 
 
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -27,11 +40,41 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
 
 def register(settings: Settings, kube: Kube) -> Reconciler:
     """Register the handlers in Kopf's default registry; returns the reconciler they drive."""
-    rec = Reconciler(kube, settings, post_event)
+    state = queue.Indexed()
+    rec = Reconciler(kube, settings, post_event, state)
     tj = (GROUP, VERSION, TRAININGJOBS)
+    stop = threading.Event()
+    started = threading.Lock()
+
+    def attach(indexes: dict[str, Any]) -> None:
+        """Every handler: the indexes are populated once one runs; the first call starts the poll loop in its
+        context (kopf.event() needs Kopf's context variables, set only for handlers of watched objects)."""
+        with started:
+            if not state.ready.is_set():
+                state.attach(indexes["trainingjob_index"], indexes["trainer_pod_index"])
+                context = contextvars.copy_context()
+                threading.Thread(target=context.run, args=(poll_loop,), name="poll", daemon=True).start()
+
+    poll_pass = metrics.counted("poll")(rec.poll_running)
+
+    def poll_loop() -> None:
+        while not stop.wait(settings.poll_seconds):
+            try:
+                poll_pass()
+            except Exception as err:  # the next pass retries
+                log.warning("poll failed: %s", err)
+
+    @kopf.index(*tj, id="trainingjob_index")
+    def trainingjob_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[queue.Key, Any]:
+        return {(namespace, name): queue.summary(body)}
+
+    @kopf.index("v1", "pods", labels=TRAINER_PODS, id="trainer_pod_index")
+    def trainer_pod_index(namespace: str, meta: kopf.Meta, body: kopf.Body, **_: Any) -> dict[queue.Key, Any]:
+        job = owner_job(dict(meta))
+        return {(namespace, job): queue.pod_summary(body)} if job else {}
 
     @kopf.on.startup()
-    def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.INFO  # our explicit events (log lines are not posted)
         settings.posting.reporting_component = "tunewright-operator"  # Events' source (kubectl describe: From)
         settings.posting.reporting_instance = socket.gethostname()  # the operator's pod
@@ -43,35 +86,41 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
         settings.networking.request_timeout = 60
         if rec.settings.metrics_port:
             prometheus_client.start_http_server(rec.settings.metrics_port)
-        try:
-            rec.kick()  # fills the gauges and starts what the queue allows, even if no event comes
-        except Exception as err:  # the watch events will retry; the operator must still start
-            logger.warning(f"initial queue check failed: {err}")
+
+    @kopf.on.cleanup()
+    def cleanup(**_: Any) -> None:
+        stop.set()
 
     @kopf.on.event(*tj)
     @metrics.counted("trainingjob")
-    def trainingjob_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
+    def trainingjob_event(type: str | None, namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+        attach(kwargs)
         if type == "DELETED":
-            rec.kick()  # its slot is free
+            kube.forget(TRAININGJOBS, namespace, name)
+            rec.kick()  # its slot is free once its pods are gone (the pod events kick again then)
+        elif type == "MODIFIED" and kube.wrote(TRAININGJOBS, namespace, name, body["metadata"].get("resourceVersion")):
+            return  # the echo of this process's own status write: nothing new to act on
+        elif (body.get("status") or {}).get("phase") == "Succeeded":
+            return  # nothing left to do; its slot was handed on when it finished
         else:
             rec.reconcile(namespace, name)
 
-    @kopf.on.event("v1", "pods", labels={**MANAGED_BY, LABEL_JOB: kopf.PRESENT})
+    @kopf.on.event("v1", "pods", labels=TRAINER_PODS)
     @metrics.counted("pod")
-    def pod_event(namespace: str, meta: kopf.Meta, **_: Any) -> None:
+    def pod_event(type: str | None, namespace: str, meta: kopf.Meta, body: kopf.Body, **kwargs: Any) -> None:
+        attach(kwargs)
+        pod = dict(body)
         job = owner_job(dict(meta))
-        if job:
-            rec.reconcile(namespace, job)
-
-    @kopf.timer(*tj, interval=settings.poll_seconds, when=lambda status, **_: status.get("phase") not in
-                TERMINAL_PHASES)
-    @metrics.counted("poll")
-    def poll(namespace: str, name: str, **_: Any) -> None:
-        rec.poll(namespace, name)
+        if not job or not state.changed(pod, gone=type == "DELETED") or type is None:
+            return  # nothing the reconciler acts on changed (or the initial listing: the job's own resync covers it)
+        rec.reconcile(namespace, job)
+        if type == "DELETED" or not unfinished(pod):
+            rec.kick()  # a slot may have come free
 
     @kopf.on.event(GROUP, VERSION, DATASETS)
     @metrics.counted("dataset")
-    def dataset_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    def dataset_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+        attach(kwargs)
         if type != "DELETED":
             datasets.refresh(kube, dict(body))
 

@@ -8,6 +8,8 @@ previous run made instead of making a second one.
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from typing import Any
 
 import kubernetes
@@ -18,6 +20,9 @@ from tunewright_operator.models import GROUP, VERSION
 TRAININGJOBS = "trainingjobs"
 ADAPTERS = "adapters"
 DATASETS = "datasets"
+# How long a Secret read is reused: a rotated or fixed Secret is seen within this time. (A Secret watch would need
+# list/watch on every Secret of the namespace, which the chart deliberately does not grant.)
+SECRET_SECONDS = 60.0
 
 
 def load_config() -> None:
@@ -48,6 +53,10 @@ class Kube:
         client = client or kubernetes.client.ApiClient()
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
+        self._written: dict[tuple[str, str, str], str] = {}  # (plural, namespace, name) -> resourceVersion
+        self._writing: dict[tuple[str, str, str], threading.Event] = {}  # set once the latest write answered
+        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+        self._lock = threading.Lock()
 
     # --- custom resources ---
 
@@ -66,8 +75,33 @@ class Kube:
                 for item in self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural)["items"]]
 
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name,
-                                                          {"status": status})
+        key = (plural, namespace, name)
+        done = threading.Event()
+        with self._lock:
+            self._writing[key] = done
+        try:
+            patched = self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name,
+                                                                        {"status": status})
+            with self._lock:
+                self._written[key] = patched["metadata"]["resourceVersion"]
+        finally:
+            done.set()
+
+    def wrote(self, plural: str, namespace: str, name: str, resource_version: str | None) -> bool:
+        """Whether this version of the object is the one this process's latest status write made (its watch
+        event then brings nothing new). The event can come before the write's answer: that is waited for."""
+        key = (plural, namespace, name)
+        with self._lock:
+            writing = self._writing.get(key)
+        if writing is not None:
+            writing.wait(10)
+        with self._lock:
+            return resource_version is not None and self._written.get(key) == resource_version
+
+    def forget(self, plural: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._written.pop((plural, namespace, name), None)
+            self._writing.pop((plural, namespace, name), None)
 
     def ensure(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create a custom object, or return the existing one of that name."""
@@ -137,6 +171,16 @@ class Kube:
             _check_owner(body, _sanitize(self.core.read_namespaced_config_map(body["metadata"]["name"], namespace)))
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """The Secret's data, read at most once per SECRET_SECONDS per Secret (storage is opened on every poll of
+        every running job); a missing or unreadable Secret is never cached."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._secrets.get((namespace, name))
+        if cached and now - cached[0] < SECRET_SECONDS:
+            return cached[1]
         secret = self.core.read_namespaced_secret(name, namespace)
         data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
-        return {**data, **(secret.string_data or {})}
+        data = {**data, **(secret.string_data or {})}
+        with self._lock:
+            self._secrets[namespace, name] = (now, data)
+        return data

@@ -1,20 +1,32 @@
-"""The queue, recomputed from the listed TrainingJobs and trainer pods each time (nothing in memory to lose).
+"""The queue: which TrainingJobs hold a slot and which wait, from the TrainingJobs and trainer pods.
 
 Busy: admitted (phase Running: its pods run, or its next attempt waits for the previous one's pods to go) or
-owning a trainer pod that has not finished (also one the status does not know of yet, after a restart, or one
-still terminating). Waiting: not started (or suspended and resumed), not suspended, not finished, not busy.
-Waiting jobs start in order of spec.priority (higher first), then creation time; a job whose last reconcile
-failed (e.g. its Secret is missing) goes behind the others until it recovers, so it never blocks the queue.
+owning a trainer pod that has not finished (also one the status does not know of yet, after a restart, one still
+terminating, or one whose TrainingJob is already deleted: a slot is held until the job's pods are gone).
+Waiting: not started (or suspended and resumed), not suspended, not finished, not busy. Waiting jobs start in
+order of spec.priority (higher first), then creation time; a job whose last reconcile failed (e.g. its Secret is
+missing) goes behind the others until it recovers, so it never blocks the queue. Pods count for the job that
+controls them (ownerReference), whatever its name's label value.
+
+The inputs come from watch-driven caches (Kopf indexes, `Indexed`), so a queue decision costs no API request
+whatever the number of jobs. Nothing lives only in memory: a restarted operator rebuilds the indexes from the
+watch's initial listing before any handler runs (Kopf waits for every index), and the API stays the truth: the
+reconciler reads the job itself before acting on it. The one thing the watch cannot know yet is a pod this
+process has just created: `Indexed.created` counts it as busy until the pod index shows it (else two quick
+admissions could both see the same free slot).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from tunewright_operator.models import TERMINAL_PHASES
 from tunewright_operator.pods import owner_job
-from tunewright_operator.podstate import unfinished
+from tunewright_operator.podstate import terminating, unfinished
 from tunewright_operator.status import SYNCED
 
 Key = tuple[str, str]
@@ -64,7 +76,8 @@ def pod_owners(pods: list[dict[str, Any]]) -> set[Key]:
 
 
 def busy(tjs: list[dict[str, Any]], owners: set[Key] | None = None) -> set[Key]:
-    return {key(tj) for tj in tjs if is_active(tj)} | ((owners or set()) & {key(tj) for tj in tjs})
+    """Jobs holding a slot: admitted ones, and owners of unfinished pods even when their TrainingJob is gone."""
+    return {key(tj) for tj in tjs if is_active(tj)} | (owners or set())
 
 
 def admissible(tjs: list[dict[str, Any]], max_active: int, owners: set[Key] | None = None) -> list[Key]:
@@ -82,3 +95,109 @@ def position(tjs: list[dict[str, Any]], job: Key) -> int | None:
 
 def phases(tjs: list[dict[str, Any]]) -> Counter[str]:
     return Counter(_status(tj).get("phase") or "Pending" for tj in tjs)
+
+
+# --- the caches ---
+
+def summary(tj: Mapping[str, Any]) -> dict[str, Any]:
+    """What the queue needs of a TrainingJob (what the TrainingJob index holds, ~200 bytes a job)."""
+    meta, spec, status = tj["metadata"], tj.get("spec") or {}, tj.get("status") or {}
+    return {"metadata": {k: meta.get(k) for k in ("namespace", "name", "creationTimestamp", "deletionTimestamp")},
+            "spec": {k: spec[k] for k in ("priority", "suspend") if k in spec},
+            "status": {**{k: status[k] for k in ("phase", "podName", "runId") if k in status},
+                       "conditions": [c for c in status.get("conditions") or [] if c.get("type") == SYNCED]}}
+
+
+def pod_summary(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """What the queue needs of a trainer pod (what the pod index holds)."""
+    meta = pod["metadata"]
+    return {"metadata": {"name": meta["name"], "namespace": meta.get("namespace", ""), "uid": meta.get("uid"),
+                         "labels": dict(meta.get("labels") or {}),
+                         "ownerReferences": [dict(r) for r in meta.get("ownerReferences") or []],
+                         "deletionTimestamp": meta.get("deletionTimestamp")},
+            "status": {"phase": (pod.get("status") or {}).get("phase")}}
+
+
+class State(Protocol):
+    """The queue's inputs: every TrainingJob (summaries) and the jobs that own unfinished trainer pods."""
+
+    def jobs(self) -> list[dict[str, Any]]: ...
+
+    def owners(self) -> set[Key]: ...
+
+    def created(self, pod: dict[str, Any]) -> None: ...
+
+
+class Listed:
+    """The inputs listed from the API on each call: for a Reconciler without the operator's indexes (tests that
+    drive it directly against an in-memory API)."""
+
+    def __init__(self, list_jobs: Callable[[], list[dict[str, Any]]], list_pods: Callable[[], list[dict[str, Any]]]):
+        self._list_jobs, self._list_pods = list_jobs, list_pods
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self._list_jobs()
+
+    def owners(self) -> set[Key]:
+        return pod_owners(self._list_pods())
+
+    def created(self, pod: dict[str, Any]) -> None:
+        pass
+
+
+class Indexed:
+    """The inputs from two Kopf indexes: TrainingJob summaries by (namespace, name), trainer pod summaries by
+    (namespace, controlling job). `ready` is set once Kopf has populated them (the first handler call after a
+    start)."""
+
+    GRACE = 120.0  # seconds a created pod counts as busy without the pod index showing it
+
+    def __init__(self) -> None:
+        self._jobs: Mapping[Key, Iterable[dict[str, Any]]] = {}
+        self._pods: Mapping[Key, Iterable[dict[str, Any]]] = {}
+        self._created: dict[str, tuple[Key, float]] = {}  # pod uid -> (job, when)
+        self._seen: dict[str, tuple[str | None, bool]] = {}  # pod uid -> (phase, terminating) last handled
+        self._lock = threading.Lock()
+        self.ready = threading.Event()
+
+    def attach(self, jobs: Mapping[Key, Iterable[dict[str, Any]]], pods: Mapping[Key, Iterable[dict[str, Any]]]
+               ) -> None:
+        """Called by every handler with Kopf's indexes (the same objects each time); marks the caches ready."""
+        self._jobs, self._pods = jobs, pods
+        self.ready.set()
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [tj for store in list(self._jobs.values()) for tj in list(store)]
+
+    def owners(self) -> set[Key]:
+        found: set[Key] = set()
+        seen: set[str] = set()
+        for job, store in list(self._pods.items()):
+            for pod in list(store):
+                seen.add(pod["metadata"]["uid"])
+                if unfinished(pod):
+                    found.add(job)
+        with self._lock:
+            now = time.monotonic()
+            self._created = {uid: (job, at) for uid, (job, at) in self._created.items()
+                             if uid not in seen and now - at < self.GRACE}
+            found |= {job for job, _ in self._created.values()}
+        return found
+
+    def created(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        if meta.get("uid") and unfinished(pod):
+            with self._lock:
+                self._created[meta["uid"]] = ((meta.get("namespace", ""), owner_job(meta) or ""), time.monotonic())
+        self.changed(pod)
+
+    def changed(self, pod: dict[str, Any], gone: bool = False) -> bool:
+        """Whether a pod event matters to the reconciler: a new phase, a deletion starting, the pod gone (not the
+        binding, status details, or the echo of a pod this process created); remembers the pod's state."""
+        uid = pod["metadata"]["uid"]
+        state: tuple[str | None, bool] = ((pod.get("status") or {}).get("phase"), terminating(pod))
+        with self._lock:
+            old = self._seen.pop(uid, None) if gone else self._seen.get(uid)
+            if not gone:
+                self._seen[uid] = state
+        return gone or old != state

@@ -46,10 +46,13 @@ def _pods_text(names: list[str]) -> str:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, settings: Settings, emit: Emit):
+    def __init__(self, kube: Kube, settings: Settings, emit: Emit, state: queue.State | None = None):
         self.kube = kube
         self.settings = settings
         self.emit = emit
+        self.state: queue.State = state or queue.Listed(
+            lambda: kube.list(TRAININGJOBS, settings.namespaces),
+            lambda: kube.list_pods(settings.namespaces, pods.SELECTOR))
         self._locks: defaultdict[queue.Key, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         self._admission = threading.Lock()
@@ -63,21 +66,23 @@ class Reconciler:
     def reconcile(self, namespace: str, name: str) -> None:
         with self._lock(namespace, name):
             tj = self.kube.get(TRAININGJOBS, namespace, name)
-            if tj is None:
-                return
-            phase = _status(tj).get("phase")
-            if phase == "Failed":
-                self._stop_leftovers(tj)  # in case a restart came between the final status and the deletion
-            if phase in TERMINAL_PHASES:
-                return
-            if tj["metadata"].get("deletionTimestamp"):
-                return  # going away; its pods go with it (garbage collection by ownerReference)
-            freed = self._guarded(tj, self._step)
+            freed = self._guarded(tj, self._reconcile) if tj is not None else False
         if freed:
             self.kick()
 
+    def _reconcile(self, tj: dict[str, Any]) -> bool:
+        phase = _status(tj).get("phase")
+        if phase == "Failed":
+            self._stop_leftovers(tj)  # in case a restart came between the final status and the deletion
+        if phase in TERMINAL_PHASES:
+            return False
+        if tj["metadata"].get("deletionTimestamp"):
+            return False  # going away; its pods go with it (garbage collection by ownerReference)
+        return self._step(tj)
+
     def poll(self, namespace: str, name: str) -> None:
-        """Mirror a running job's progress.json into its status; re-check a waiting job's place."""
+        """Mirror a running job's progress.json into its status, then reconcile it (a missed pod event costs at
+        most one poll). Only running jobs are polled: a waiting job's place changes by events, not by time."""
         with self._lock(namespace, name):
             tj = self.kube.get(TRAININGJOBS, namespace, name)
             if tj is None:
@@ -85,7 +90,19 @@ class Reconciler:
             status = _status(tj)
             if status.get("phase") == "Running" and status.get("runId"):
                 self._guarded(tj, self._mirror_progress)
-        self.reconcile(namespace, name)
+            freed = self._guarded(tj, self._reconcile)
+        if freed:
+            self.kick()
+
+    def poll_running(self) -> None:
+        """One pass of the operator-wide poll loop: every running job (from the cache), then the queue."""
+        for tj in self.state.jobs():
+            if queue.is_active(tj) and not tj["metadata"].get("deletionTimestamp"):
+                try:
+                    self.poll(*queue.key(tj))
+                except Exception as err:  # one job's storage or API trouble must not stop the others' polls
+                    log.warning("poll of %s/%s failed: %s", *queue.key(tj), err)
+        self.kick()
 
     def _mirror_progress(self, tj: dict[str, Any]) -> bool:
         spec = validation.parse_spec(tj.get("spec") or {})
@@ -115,15 +132,18 @@ class Reconciler:
         return freed
 
     def kick(self) -> None:
-        """Start whatever the queue allows (after a job finished, was suspended or deleted)."""
+        """Start whatever the queue allows (after a job finished, was suspended or deleted); no API request
+        unless a job starts. A job that fails to start does not stop the ones behind it."""
         tjs, owners = self._cluster_state()
         for namespace, name in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners):
-            self.reconcile(namespace, name)
+            try:
+                self.reconcile(namespace, name)
+            except Exception as err:
+                log.warning("admitting %s/%s failed: %s", namespace, name, err)
 
     def _cluster_state(self) -> tuple[list[dict[str, Any]], set[queue.Key]]:
         """All TrainingJobs and the jobs owning unfinished trainer pods (the queue's inputs); updates gauges."""
-        tjs = self.kube.list(TRAININGJOBS, self.settings.namespaces)
-        owners = queue.pod_owners(self.kube.list_pods(self.settings.namespaces, pods.SELECTOR))
+        tjs, owners = self.state.jobs(), self.state.owners()
         metrics.observe_phases(queue.phases(tjs), len(queue.waiting(tjs)))
         return tjs, owners
 
@@ -276,7 +296,10 @@ class Reconciler:
                                     validation.dataset_secret(spec, dataset))
         if len(members) > 1:
             self.kube.ensure_service(meta["namespace"], multinode.rendezvous_service(tj, attempt))
-        names = [self.kube.ensure_pod(meta["namespace"], member)["metadata"]["name"] for member in members]
+        created = [self.kube.ensure_pod(meta["namespace"], member) for member in members]
+        for pod in created:
+            self.state.created(pod)  # busy at once, before the watch shows the pod
+        names = [pod["metadata"]["name"] for pod in created]
         conditions = set_condition(handover.gone(conditions), "Admitted", True, "SlotAssigned", _pods_text(names))
         resumed = "" if attempt == 1 else " (resumes from the latest checkpoint)"
         self._write(tj, {

@@ -47,6 +47,9 @@ class StubKube:
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
 
+    def wrote(self, plural: str, namespace: str, name: str, resource_version: str | None) -> bool:
+        return False
+
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         if name == "unreachable":
             raise ApiDown("the API server did not answer")
@@ -89,6 +92,9 @@ def failing_job(kube: StubKube) -> None:
     }
 
 
+INDEXES: dict[str, Any] = {"trainingjob_index": {}, "trainer_pod_index": {}}  # Kopf passes its indexes
+
+
 def operator_recording(port: int) -> list[str]:
     import kopf
 
@@ -111,11 +117,13 @@ def operator_recording(port: int) -> list[str]:
     for minute in range(OPERATOR_MINUTES):
         if minute == FAILS_AT_MINUTE:
             failing_job(kube)
-            fns["trainingjob_event"](type="MODIFIED", namespace="ml", name="songs-dpo")
+            fns["trainingjob_event"](type="MODIFIED", namespace="ml", name="songs-dpo",
+                                     body=kube.jobs["ml", "songs-dpo"], **INDEXES)
             assert kube.jobs["ml", "songs-dpo"]["status"]["phase"] == "Failed", kube.jobs
             assert [e[2] for e in events] == ["Failed"], events
             try:
-                fns["trainingjob_event"](type="MODIFIED", namespace="ml", name="unreachable")
+                fns["trainingjob_event"](type="MODIFIED", namespace="ml", name="unreachable",
+                                         body={"metadata": {"name": "unreachable"}}, **INDEXES)
             except ApiDown:
                 pass
             else:

@@ -190,18 +190,22 @@ def api(control_plane: ControlPlane) -> kubernetes.client.ApiClient:
     return control_plane.client()
 
 
-@pytest.fixture
-def operator_kubeconfig(control_plane: ControlPlane, helm: Helm, namespace: str, tmp_path: Path) -> Path:
+def install_operator_account(control_plane: ControlPlane, helm: Helm, namespace: str, kubeconfig: Path) -> Path:
     """Install the chart's ServiceAccount, Role and RoleBinding for `namespace` (as `helm install` with
-    watchNamespaces=[namespace] would) and a kubeconfig with a token of that ServiceAccount (TokenRequest API):
-    every call the operator makes that the chart does not grant is refused."""
+    watchNamespaces=[namespace] would) and write a kubeconfig with a token of that ServiceAccount (TokenRequest
+    API): every call the operator makes that the chart does not grant is refused."""
     docs = helm.template({"watchNamespaces": [namespace]}, namespace=namespace)
     rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
     control_plane.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(map(yaml.safe_dump, rbac)))
     (account,) = {d["subjects"][0]["name"] for d in rbac if d["kind"] == "RoleBinding"}
     token = kubernetes.client.CoreV1Api(control_plane.client()).create_namespaced_service_account_token(
         account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
-    return control_plane.write_kubeconfig(tmp_path / "operator.kubeconfig", token, f"system:serviceaccount:{account}")
+    return control_plane.write_kubeconfig(kubeconfig, token, f"system:serviceaccount:{account}")
+
+
+@pytest.fixture
+def operator_kubeconfig(control_plane: ControlPlane, helm: Helm, namespace: str, tmp_path: Path) -> Path:
+    return install_operator_account(control_plane, helm, namespace, tmp_path / "operator.kubeconfig")
 
 
 @pytest.fixture

@@ -25,12 +25,13 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from tunewright.config import load_config
+from tunewright.config import TrainingConfig, load_config
 from tunewright.registry import AdapterRecord, DatasetProvenance, Registry, ReportSummary, TrainingJobRef
 from tunewright.runs import REPORT, RESULT, Progress, RunResult, RunStore
-from tunewright.storage import open_storage
+from tunewright.storage import Storage, open_storage
 from tunewright.training.checkpoints import CheckpointStore
 
 stop = False
@@ -136,18 +137,27 @@ def main() -> int:
         run.write_progress(Progress(state="running", step=step, total_steps=total, epoch=step / total,
                                     loss=2.0 / step, learning_rate=config.training.learning_rate,
                                     last_checkpoint=last, best_checkpoint=last))
+    publish(root, run, config, total, last, resumed_from)
+    return 0
+
+
+def publish(root: Storage, run: RunStore, config: TrainingConfig, total: int, last: str | None,
+            resumed_from: str | None, env: Mapping[str, str] = os.environ) -> None:
+    """The end of a run, as tunewright-train writes it: report.json, the registry record (once per run),
+    progress.json completed, then result.json (the commit marker). Job identity from the TUNEWRIGHT_* env."""
     report = {"finalTrainLoss": 2.0 / total, "bestEvalLoss": 1.0 / total, "steps": total, "epochs": 1.0,
               "trainingSeconds": 0.1, "stoppedEarly": False, "resumedFrom": resumed_from}
     run.dir.write_text(REPORT, json.dumps(report))
     registry, name = Registry(root), config.adapter_name()
-    existing = next((r for r in registry.list() if r.run_id == run.run_id), None)
-    job = os.environ.get("TUNEWRIGHT_TRAININGJOB")
+    existing = next((r for r in (registry.get(name, v) for v in registry.versions(name)) if r.run_id == run.run_id),
+                    None)
+    job = env.get("TUNEWRIGHT_TRAININGJOB")
     record = existing or registry.register(AdapterRecord(
         name=name, version=registry.next_version(name), base_model=config.base_model, method=config.method,
         uri="", dataset=DatasetProvenance(id=config.dataset.id, uri=config.dataset.uri or "", digest="sha256:0"),
         run_id=run.run_id, config=config.to_dict(),
-        training_job=TrainingJobRef(namespace=os.environ.get("TUNEWRIGHT_NAMESPACE", ""), name=job,
-                                    uid=os.environ.get("TUNEWRIGHT_TRAININGJOB_UID")) if job else None,
+        training_job=TrainingJobRef(namespace=env.get("TUNEWRIGHT_NAMESPACE", ""), name=job,
+                                    uid=env.get("TUNEWRIGHT_TRAININGJOB_UID")) if job else None,
         report=ReportSummary(final_loss=report["finalTrainLoss"], best_eval_loss=report["bestEvalLoss"],
                              steps=total, epochs=1.0, training_seconds=0.1),
     ), files={"adapter_config.json": b"{}", REPORT: json.dumps(report).encode()})
@@ -155,8 +165,6 @@ def main() -> int:
                                 last_checkpoint=last, best_checkpoint=last))
     run.dir.write_text(RESULT, RunResult(adapter_name=record.name, adapter_version=record.version,
                                          adapter_uri=record.uri, report_uri=f"{record.uri}/{REPORT}").to_json())
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

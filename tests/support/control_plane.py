@@ -23,6 +23,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,23 @@ class ControlPlane:
         config.api_key = {"authorization": f"Bearer {token or self.token}"}
         return kubernetes.client.ApiClient(config)
 
+    def request_counts(self) -> Counter[tuple[str, str, str]]:
+        """The API server's own count of requests so far (apiserver_request_total, every client and response
+        code), by (verb, resource, subresource); WATCH counts a watch opened, not its events."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = _get(f"{self.url}/metrics", self.token, self.ca_file, timeout=10)
+        assert text is not None, "the API server's /metrics did not answer"
+        counts: Counter[tuple[str, str, str]] = Counter()
+        for family in text_string_to_metric_families(text):
+            if family.name == "apiserver_request":
+                for sample in family.samples:
+                    if sample.name == "apiserver_request_total":
+                        labels = sample.labels
+                        counts[labels["verb"], labels["resource"], labels.get("subresource", "")] += \
+                            int(sample.value)
+        return counts
+
     def kubectl(self, *args: str, kubeconfig: Path | None = None, check: bool = True,
                 input: str | None = None) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([str(BIN / "kubectl"), "--kubeconfig", str(kubeconfig or self.kubeconfig_path),
@@ -178,11 +196,11 @@ class ControlPlane:
         return done
 
 
-def _get(url: str, token: str | None = None, ca: Path | None = None) -> str | None:
+def _get(url: str, token: str | None = None, ca: Path | None = None, timeout: float = 2) -> str | None:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     context = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
-        with urllib.request.urlopen(request, timeout=2, context=context) as resp:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             return resp.read().decode()
     except OSError:
         return None
