@@ -133,6 +133,10 @@ def attempt_state(members: dict[str, dict[str, Any] | None]) -> PodState:
     deleted = sorted(name for name, s in states.items() if s is not None and s.phase == "Terminating")
     if deleted:  # someone deleted a pod: the attempt is over
         return PodState("Terminating", message=f"pod {deleted[0]} was deleted")
+    blocked = [(name, s) for name, s in states.items() if s is not None and s.phase == "Pending" and s.reason]
+    if blocked:  # one node's pod that cannot start holds the whole attempt
+        name, state = blocked[0]
+        return PodState("Pending", state.reason, message=f"pod {name}: {state.message}")
     for phase in ("Running", "Pending"):
         if phase in phases:
             return PodState(phase)

@@ -51,11 +51,34 @@ def _disruption(pod: dict[str, Any]) -> str | None:
     return None
 
 
+# Why a pod stays Pending that time alone will not fix: a container the kubelet cannot create, or no node that
+# fits (the scheduler's condition).
+STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                 "CreateContainerConfigError", "CreateContainerError")
+
+
+def stuck(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) when a Pending pod waits for something that needs a person: an image that cannot be
+    pulled, a missing Secret or ConfigMap, no node that fits."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            return waiting["reason"], waiting.get("message") or ""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and \
+                cond.get("reason") == "Unschedulable":
+            return "Unschedulable", cond.get("message") or ""
+    return None
+
+
 def pod_state(pod: dict[str, Any]) -> PodState:
     if terminating(pod):
         return PodState("Terminating")
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"
+    if phase == "Pending" and (why := stuck(pod)):
+        return PodState("Pending", why[0], message=why[1])
     if phase != "Failed":
         return PodState(phase)
     term = _terminated(pod)

@@ -29,7 +29,16 @@ from tunewright_operator.kube import TRAININGJOBS, Kube
 from tunewright_operator.models import TERMINAL_PHASES, TrainingJobSpec
 from tunewright_operator.podstate import PodState, pod_state, terminating, unfinished
 from tunewright_operator.settings import Settings
-from tunewright_operator.status import SYNCED, changed, condition, now, progress_fields, seconds_between, set_condition
+from tunewright_operator.status import (
+    RUNNING,
+    SYNCED,
+    changed,
+    condition,
+    now,
+    progress_fields,
+    seconds_between,
+    set_condition,
+)
 
 log = logging.getLogger("tunewright.operator")
 
@@ -170,7 +179,29 @@ class Reconciler:
         if state.phase == "Failed":
             return self._failed(tj, spec, state)
         if state.phase in ("Pending", "Running"):
-            self._write(tj, {"phase": "Running"})
+            return self._running(tj, spec, state)
+        return False
+
+    def _running(self, tj: dict[str, Any], spec: TrainingJobSpec, state: PodState) -> bool:
+        """The attempt's pods run (condition Running: True) or wait (False: PodsPending, or what a person must
+        fix: the kubelet's ErrImagePull, CreateContainerConfigError, ... or the scheduler's Unschedulable, also a
+        Warning Event). Not running after --pending-timeout-seconds for such a reason fails the attempt."""
+        status = _status(tj)
+        previous = condition(status, RUNNING)
+        if state.phase == "Running":
+            conditions = set_condition(status.get("conditions"), RUNNING, True, "PodsRunning", status["podName"])
+            self._write(tj, {"phase": "Running", "conditions": conditions})
+            return False
+        reason, message = state.reason or "PodsPending", state.message or "waiting for the pods to start"
+        if state.reason and (previous is None or previous["reason"] != reason):
+            self.emit(tj, "Warning", reason, f"{status['podName']}: {message}")
+        since = previous["lastTransitionTime"] if previous and previous["status"] == "False" else now()
+        waited = seconds_between(since, now()) or 0.0
+        if state.reason and waited > self.settings.pending_timeout_seconds:
+            return self._failed(tj, spec, PodState("Failed", reason, False, None,
+                                                   f"{message} (not running after {waited:.0f} s)"))
+        self._write(tj, {"phase": "Running", "conditions": set_condition(status.get("conditions"), RUNNING, False,
+                                                                          reason, message)})
         return False
 
     def _attempt_state(self, tj: dict[str, Any], spec: TrainingJobSpec) -> PodState:

@@ -82,6 +82,9 @@ class Settings:
                                                       "checkpoint and upload on SIGTERM"})
     termination_margin_seconds: int = field(default=60, metadata={"help": "seconds past a deleted trainer "
                                             "pod's grace period before it is reported stuck terminating"})
+    pending_timeout_seconds: int = field(default=600, metadata={"help": "seconds a trainer pod may wait for "
+                                         "something a person must fix (ErrImagePull, CreateContainerConfigError, "
+                                         "Unschedulable, ...) before its attempt fails"})
     gpu_node_selector: dict[str, str] = field(
         default_factory=dict, metadata={"type": node_selector, "help": "JSON node labels for trainer pods that "
                                         "request GPUs; a TrainingJob's nodeSelector keys win"})

@@ -9,6 +9,9 @@ from tunewright.runs import Progress
 
 # False while the last try to reconcile the job failed (an API or storage error); reason and message say why.
 SYNCED = "Synced"
+# True while the current attempt's pods run; False while they wait (PodsPending, or ErrImagePull,
+# CreateContainerConfigError, Unschedulable, ...: what keeps them from starting).
+RUNNING = "Running"
 
 
 def now() -> str:

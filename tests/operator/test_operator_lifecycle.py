@@ -481,3 +481,26 @@ def test_two_operator_processes_never_both_act(store, k8s, operator_factory, kub
         lambda: k8s.status("solo").get("podName") == "solo-a2", 60, "the new leader to start attempt 2")
     assert done and [e for e in pod_events.events if e[0] == "ADDED"] == [("ADDED", "solo-a1"), ("ADDED", "solo-a2")]
     assert k8s.status("solo")["failures"] == 1
+
+
+def test_pods_that_cannot_start_show_why_and_fail_the_attempt_in_time(k8s, operator_factory, kubelet_factory):
+    """An image that cannot be pulled and a nodeSelector no node has: condition Running=False with the kubelet's
+    or scheduler's reason and a Warning Event (not 'Running'); after --pending-timeout-seconds the attempt fails."""
+    kubelet_factory(node={"unpullable": ("registry.example/missing:1",)})
+    operator_factory("--max-concurrent-jobs", "2", "--pending-timeout-seconds", "4")
+    k8s.create("trainingjobs", "nopull", {**SPEC, "image": "registry.example/missing:1", "retries": 0})
+    k8s.create("trainingjobs", "nofit", {**SPEC, "retries": 0, "resources": {"nodeSelector": {"pool": "h100"}}})
+    for name, reason, words in (("nopull", "ErrImagePull", 'failed to pull image "registry.example/missing:1"'),
+                                ("nofit", "Unschedulable", "didn't match Pod's node affinity/selector")):
+        def blocked(job: str) -> dict[str, Any] | None:
+            found = [c for c in k8s.status(job).get("conditions") or [] if c["type"] == "Running"]
+            return found[0] if found and found[0]["status"] == "False" and found[0]["reason"] != "PodsPending" \
+                else None
+
+        waiting = wait_for(lambda n=name: blocked(n), 20, f"{name} waiting")
+        assert waiting["reason"] == reason and words in waiting["message"]
+        assert wait_for(lambda n=name, r=reason: [e for e in k8s.events(n) if e["reason"] == r], 10, "Event")
+        failed = k8s.wait_phase(name, "Failed", timeout=30)
+        assert failed["message"].startswith(f"attempt 1 failed ({reason}: ") and "not running after" in \
+            failed["message"]
+    wait_for(lambda: not k8s.pods(), 20, "the stuck pods deleted")

@@ -4,6 +4,7 @@ namespace, its pods run as local processes.
 - Scheduling: a pending pod with no node is bound to this Node (the `binding` subresource, as the scheduler
   does) when its nodeSelector matches the Node's labels and it tolerates the Node's NoSchedule/NoExecute taints;
   otherwise it gets the scheduler's `PodScheduled=False, reason Unschedulable` condition and stays Pending.
+- A pod bound here whose image is in `unpullable` waits in ErrImagePull (a container status, no process).
 - A pod bound here: its ConfigMap and Secret volumes are written to a directory, other volumes are empty
   directories, mount paths in the command line and env are rewritten to those directories, env comes from
   `env`/`envFrom`, the termination message path is a local file. `commands` maps a container command (e.g.
@@ -90,12 +91,15 @@ class Kubelet:
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str, workdir: Path,
                  commands: dict[str, list[str]], extra_env: dict[str, str] | None = None,
                  labels: dict[str, str] | None = None, taints: list[dict[str, str]] | None = None,
-                 gpus: int = 8, max_grace: float = 20.0, interval: float = 0.2, spawn: Spawn | None = None):
+                 gpus: int = 8, max_grace: float = 20.0, interval: float = 0.2, spawn: Spawn | None = None,
+                 unpullable: tuple[str, ...] = ()):
         self.api, self.core = api, kubernetes.client.CoreV1Api(api)
         self.namespace, self.workdir, self.commands = namespace, workdir, commands
         self.node = f"node-{namespace}"
         self.labels = {"kubernetes.io/hostname": self.node, **(labels or {})}
         self.taints, self.gpus = list(taints or []), gpus
+        self.unpullable = unpullable  # images whose pull fails: their pods wait in ErrImagePull, as on a node
+        self.waiting: dict[str, str] = {}  # uid -> name of the pods whose container could not be created
         self.extra_env, self.max_grace, self.interval = dict(extra_env or {}), max_grace, interval
         self.spawn = spawn or popen
         self.pods: dict[str, RunningPod] = {}
@@ -192,7 +196,11 @@ class Kubelet:
         # since the client's model objects cost ~1 ms a pod.
         listed = self.core.list_namespaced_pod(self.namespace, field_selector=UNFINISHED, _preload_content=False)
         pods = {p["metadata"]["uid"]: p for p in json.loads(listed.data)["items"]}
-        known = {r.uid for r in self.pods.values()}
+        known = {r.uid for r in self.pods.values()} | set(self.waiting)
+        for uid, name in list(self.waiting.items()):  # deleted: nothing runs, so the final delete at once
+            if uid not in pods or pods[uid]["metadata"].get("deletionTimestamp"):
+                self._final_delete(name, uid)
+                del self.waiting[uid]
         for uid, pod in pods.items():
             spec, meta = pod["spec"], pod["metadata"]
             pending = (pod.get("status") or {}).get("phase", "Pending") == "Pending"
@@ -251,14 +259,17 @@ class Kubelet:
 
     def _release(self, running: RunningPod) -> None:
         """The containers have stopped: the final delete, which removes the pod from the API."""
+        self._final_delete(running.name, running.uid)
+        running.released = True
+
+    def _final_delete(self, name: str, uid: str) -> None:
         try:
             # (with a body, the API server reads the options from it alone, not from the query)
-            self.core.delete_namespaced_pod(running.name, self.namespace,
-                                            body={"gracePeriodSeconds": 0, "preconditions": {"uid": running.uid}})
+            self.core.delete_namespaced_pod(name, self.namespace,
+                                            body={"gracePeriodSeconds": 0, "preconditions": {"uid": uid}})
         except ApiException as err:
             if err.status not in (404, 409):  # gone already, or a new pod under the name
                 raise
-        running.released = True
 
     def _terminate(self, running: RunningPod, grace: float) -> None:
         """The pod was deleted: SIGTERM, wait out the grace period, SIGKILL."""
@@ -273,6 +284,13 @@ class Kubelet:
     def _start(self, pod: dict[str, Any]) -> None:
         name, spec = pod["metadata"]["name"], pod["spec"]
         container = spec["containers"][0]
+        if container["image"] in self.unpullable:
+            self.waiting[pod["metadata"]["uid"]] = name
+            self.core.patch_namespaced_pod_status(name, self.namespace, {"status": {"containerStatuses": [{
+                "name": container["name"], "ready": False, "restartCount": 0, "image": container["image"],
+                "imageID": "", "state": {"waiting": {"reason": "ErrImagePull", "message": f'failed to pull image '
+                                                     f'"{container["image"]}": not found'}}}]}})
+            return
         workdir = self.workdir / name
         workdir.mkdir(parents=True, exist_ok=True)
         volumes = {v["name"]: self._volume(v, workdir) for v in spec.get("volumes") or []}
