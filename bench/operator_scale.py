@@ -323,7 +323,8 @@ class Bench:
         DatasetStore(S3Storage(root, self.s3)).import_file("songs", self.dataset_rows, "rated")
         api, sent = counted_client(self.plane)
         core, custom = kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api)
-        core.create_namespaced_secret(namespace, {"metadata": {"name": "s3"}, "stringData": aws_env(
+        core.create_namespaced_secret(namespace, {"metadata": {"name": "s3", "labels": {
+            "tunewright.dev/storage-credentials": "true"}}, "stringData": aws_env(
             self.proxy.endpoint)})
         kubeconfig = operator_fixtures.install_operator_account(self.plane, self.helm, namespace,
                                                                 self.workdir / f"{namespace}.kubeconfig")

@@ -17,15 +17,15 @@ from botocore.exceptions import (
 )
 from kubernetes.client import ApiException
 
-from tunewright_operator.kube import OwnedByAnother
+from tunewright_operator.kube import OwnedByAnother, SecretNotAllowed
 
 
 def describe(err: Exception) -> tuple[str, str]:
     """(reason, message) of a failure; reason is CamelCase as condition reasons are."""
     if isinstance(err, ApiException):
         return _api(err)
-    if isinstance(err, OwnedByAnother):
-        return "OwnedByAnother", str(err)
+    if isinstance(err, OwnedByAnother | SecretNotAllowed):
+        return type(err).__name__, str(err)
     if isinstance(err, NoCredentialsError):
         return "StorageCredentialsMissing", "no S3 credentials: set spec.storage.secretName (or the Dataset's " \
                                             "spec.secretName) to a Secret with AWS_ACCESS_KEY_ID and " \

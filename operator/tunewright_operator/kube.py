@@ -36,6 +36,15 @@ def _sanitize(obj: Any) -> Any:
     return kubernetes.client.ApiClient().sanitize_for_serialization(obj)
 
 
+# The label a Secret needs before the operator reads it as S3 credentials or passes it to trainer pods: a
+# TrainingJob may name any Secret of its namespace, and most are not meant for that.
+SECRET_OPT_IN = "tunewright.dev/storage-credentials"
+
+
+class SecretNotAllowed(RuntimeError):
+    """A Secret a TrainingJob or Dataset names that has not opted in (SECRET_OPT_IN)."""
+
+
 class OwnedByAnother(RuntimeError):
     """An object of the name we derive exists but belongs to another owner (an earlier TrainingJob of the same
     name whose objects the garbage collector has not removed yet)."""
@@ -179,6 +188,9 @@ class Kube:
         if cached and now - cached[0] < SECRET_SECONDS:
             return cached[1]
         secret = self.core.read_namespaced_secret(name, namespace)
+        if (secret.metadata.labels or {}).get(SECRET_OPT_IN) != "true":
+            raise SecretNotAllowed(f'Secret "{name}" is not labelled {SECRET_OPT_IN}=true: only Secrets labelled '
+                                   "so are read as storage credentials or given to trainer pods")
         data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
         data = {**data, **(secret.string_data or {})}
         with self._lock:

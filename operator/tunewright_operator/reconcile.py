@@ -163,8 +163,9 @@ class Reconciler:
         status = _status(tj)
         try:
             spec = validation.parse_spec(tj.get("spec") or {})
+            validation.check_image(spec, self.settings)
         except validation.InvalidJob as err:
-            return self._invalid(tj, str(err))
+            return self._invalid(tj, str(err), err.reason)
         state = self._attempt_state(tj, spec) if status.get("podName") else None
         if state and state.phase == "Succeeded":  # done, even if suspended meanwhile
             return self._complete(tj, spec)
@@ -247,10 +248,10 @@ class Reconciler:
             if not terminating(pod):
                 self.kube.delete_pod(namespace, pod["metadata"]["name"])
 
-    def _invalid(self, tj: dict[str, Any], message: str) -> bool:
+    def _invalid(self, tj: dict[str, Any], message: str, reason: str = "InvalidSpec") -> bool:
         self._delete_attempt(tj)
-        self.emit(tj, "Warning", "InvalidSpec", message)
-        self._finish(tj, "Failed", message, "InvalidSpec")
+        self.emit(tj, "Warning", reason, message)
+        self._finish(tj, "Failed", message, reason)
         return True
 
     def _suspend(self, tj: dict[str, Any]) -> bool:
@@ -280,7 +281,7 @@ class Reconciler:
         try:
             config = self._prepare(tj, spec)
         except validation.InvalidJob as err:
-            return self._invalid(tj, str(err))
+            return self._invalid(tj, str(err), err.reason)
         with self._admission:
             tjs, owners = self._cluster_state()
             # Its own earlier pods, still running or terminating (resumed right after a suspend), hold its slot.
@@ -303,6 +304,8 @@ class Reconciler:
         """Checks that need the cluster or storage (once, before the first start)."""
         namespace = tj["metadata"]["namespace"]
         dataset = validation.dataset_resource(self.kube, namespace, spec)
+        for secret in {spec.storage.secret_name, validation.dataset_secret(spec, dataset)} - {None}:
+            self.kube.secret_data(namespace, secret)  # exists and is opted in, before a pod gets it as env
         config = validation.trainer_config(spec, dataset)
         if not _status(tj).get("attempts"):
             validation.check_dataset(self.kube, namespace, config, self._storage(tj, spec),

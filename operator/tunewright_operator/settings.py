@@ -51,6 +51,13 @@ def pull_secrets(text: str) -> tuple[str, ...]:
     return tuple(r["name"] for r in refs)
 
 
+def _strings(text: str) -> list[str]:
+    values = _json(text)
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        raise argparse.ArgumentTypeError(f'want a JSON list of strings like ["registry.example.com/x/*"]: {text!r}')
+    return values
+
+
 def pull_policy(text: str) -> str:
     if text and text not in PULL_POLICIES:  # empty: Kubernetes' default
         raise argparse.ArgumentTypeError(f"want one of {', '.join(PULL_POLICIES)}: {text!r}")
@@ -82,6 +89,10 @@ class Settings:
                                                       "checkpoint and upload on SIGTERM"})
     termination_margin_seconds: int = field(default=60, metadata={"help": "seconds past a deleted trainer "
                                             "pod's grace period before it is reported stuck terminating"})
+    allowed_images: tuple[str, ...] = field(
+        default=(), metadata={"type": lambda text: tuple(_strings(text)), "help": "JSON list of trainer images "
+                              "(fnmatch patterns, e.g. registry.example.com/tunewright/*) a TrainingJob's "
+                              "spec.image may name; empty: --image only"})
     pending_timeout_seconds: int = field(default=600, metadata={"help": "seconds a trainer pod may wait for "
                                          "something a person must fix (ErrImagePull, CreateContainerConfigError, "
                                          "Unschedulable, ...) before its attempt fails"})

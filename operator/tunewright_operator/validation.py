@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 from tunewright.config import ConfigError, TrainingConfig, validate
@@ -10,12 +11,28 @@ from tunewright.storage import Storage
 from tunewright_operator import datasets
 from tunewright_operator.kube import DATASETS, Kube
 from tunewright_operator.models import TrainingJobSpec
+from tunewright_operator.settings import Settings
 
 OPERATOR_FIELDS = set(TrainingJobSpec.model_fields) - set(TrainingConfig.model_fields)
 
 
 class InvalidJob(ValueError):
-    """A TrainingJob that can never run as written; the message says what to change."""
+    """A TrainingJob that can never run as written; the message says what to change, `reason` is the
+    condition reason."""
+
+    def __init__(self, message: str, reason: str = "InvalidSpec"):
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_image(spec: TrainingJobSpec, settings: Settings) -> None:
+    """The trainer image is one the operator may run: a pattern of --allowed-images, or by default the
+    operator's own --image only (so whoever may create a TrainingJob cannot run any image)."""
+    image = spec.image or settings.image
+    allowed = settings.allowed_images or (settings.image,)
+    if not any(fnmatch.fnmatchcase(image, pattern) for pattern in allowed):
+        raise InvalidJob(f"spec.image {image!r} is not allowed: allowed are {', '.join(allowed)} (the operator's "
+                         "--allowed-images, chart value trainer.allowedImages)", "ImageNotAllowed")
 
 
 def parse_spec(raw: dict[str, Any]) -> TrainingJobSpec:

@@ -396,7 +396,8 @@ def test_a_dataset_resource_is_read_with_the_credentials_it_names(k8s, s3_root, 
     DatasetStore(open_storage(s3_root)).import_file(
         "songs", synthetic.write_jsonl(synthetic.rated_rows(), tmp_path / "songs.jsonl"), "rated")
     secret = {k: base64.b64encode(v.encode()).decode() for k, v in aws_env(moto_endpoint).items()}
-    k8s.core.create_namespaced_secret(k8s.namespace, {"metadata": {"name": "data-creds"}, "data": secret})
+    k8s.core.create_namespaced_secret(k8s.namespace, {"metadata": {"name": "data-creds", "labels": {
+        "tunewright.dev/storage-credentials": "true"}}, "data": secret})
     uri = f"{s3_root}/datasets/songs"
     k8s.create("datasets", "catalog", {"uri": uri, "secretName": "data-creds"})
     k8s.create("datasets", "locked", {"uri": uri, "secretName": "gone"})
@@ -487,7 +488,8 @@ def test_pods_that_cannot_start_show_why_and_fail_the_attempt_in_time(k8s, opera
     """An image that cannot be pulled and a nodeSelector no node has: condition Running=False with the kubelet's
     or scheduler's reason and a Warning Event (not 'Running'); after --pending-timeout-seconds the attempt fails."""
     kubelet_factory(node={"unpullable": ("registry.example/missing:1",)})
-    operator_factory("--max-concurrent-jobs", "2", "--pending-timeout-seconds", "4")
+    operator_factory("--max-concurrent-jobs", "2", "--pending-timeout-seconds", "4", "--allowed-images",
+                     '["ghcr.io/tunewright/*", "registry.example/*"]')
     k8s.create("trainingjobs", "nopull", {**SPEC, "image": "registry.example/missing:1", "retries": 0})
     k8s.create("trainingjobs", "nofit", {**SPEC, "retries": 0, "resources": {"nodeSelector": {"pool": "h100"}}})
     for name, reason, words in (("nopull", "ErrImagePull", 'failed to pull image "registry.example/missing:1"'),
@@ -504,3 +506,28 @@ def test_pods_that_cannot_start_show_why_and_fail_the_attempt_in_time(k8s, opera
         assert failed["message"].startswith(f"attempt 1 failed ({reason}: ") and "not running after" in \
             failed["message"]
     wait_for(lambda: not k8s.pods(), 20, "the stuck pods deleted")
+
+
+def test_only_allowed_images_and_opted_in_secrets_are_used(k8s, operator_factory, kubelet_factory):
+    """Whoever may create a TrainingJob must not get any image run, nor any Secret of the namespace as env."""
+    kubelet_factory()
+    operator_factory()
+    k8s.create("trainingjobs", "miner", {**SPEC, "image": "docker.io/evil/miner:1"})
+    refused = k8s.wait_phase("miner", "Failed", timeout=20)
+    assert [c["reason"] for c in refused["conditions"] if c["type"] == "Failed"] == ["ImageNotAllowed"]
+    assert "docker.io/evil/miner:1" in refused["message"] and "trainer.allowedImages" in refused["message"]
+
+    k8s.core.create_namespaced_secret(k8s.namespace, {"metadata": {"name": "db-password"},
+                                                      "stringData": {"PASSWORD": "hunter2"}})
+    k8s.create("trainingjobs", "leak", {**SPEC, "storage": {"secretName": "db-password"}})
+
+    def synced() -> dict[str, Any] | None:
+        found = [c for c in k8s.status("leak").get("conditions") or [] if c["type"] == "Synced"]
+        return found[0] if found and found[0]["status"] == "False" else None
+
+    error = wait_for(synced, 20, "the refusal")
+    assert error["reason"] == "SecretNotAllowed" and "tunewright.dev/storage-credentials=true" in error["message"]
+    assert k8s.pods() == []
+    k8s.core.patch_namespaced_secret("db-password", k8s.namespace,
+                                     {"metadata": {"labels": {"tunewright.dev/storage-credentials": "true"}}})
+    k8s.wait_phase("leak", "Succeeded", timeout=90)  # (Secret reads are cached for a minute at most)

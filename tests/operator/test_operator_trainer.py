@@ -21,6 +21,7 @@ from tunewright.data.store import DatasetStore
 from tunewright.runs import RunStore
 from tunewright.storage import open_storage
 from tunewright.training.checkpoints import CheckpointStore
+from tunewright_operator.kube import SECRET_OPT_IN
 
 pytestmark = pytest.mark.slow
 REAL_TRAINER = [str(Path(sys.executable).parent / "tunewright-train")]
@@ -38,7 +39,8 @@ def test_real_trainer_resumes_a_killed_pod_and_publishes_the_adapter(k8s, s3_roo
     meta = DatasetStore(root).import_file(
         "songs", synthetic.write_jsonl(synthetic.rated_rows(), tmp_path / "songs.jsonl"), "rated")
     secret = {k: base64.b64encode(v.encode()).decode() for k, v in aws_env(moto_endpoint).items()}
-    k8s.core.create_namespaced_secret(k8s.namespace, {"metadata": {"name": "s3"}, "data": secret})
+    k8s.core.create_namespaced_secret(k8s.namespace, {"metadata": {"name": "s3", "labels": {SECRET_OPT_IN: "true"}},
+                                                      "data": secret})
     kubelet = kubelet_factory(REAL_TRAINER)
     operator_factory()  # no AWS_* in its environment: it reads storage with the Secret's credentials
     every, total = 3, 12
