@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
+from tunewright.cli.common import Parser
 from tunewright.config import ConfigError, ResourceParams, validate
 
 # The taint that commonly keeps other pods off GPU nodes (GKE sets nvidia.com/gpu=present:NoSchedule on GPU
@@ -126,7 +127,7 @@ class Settings:
     @classmethod
     def parse(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        parser = argparse.ArgumentParser(prog="tunewright-operator", description="The tunewright Kopf operator.")
+        parser = Parser(prog="tunewright-operator", description="The tunewright Kopf operator.")
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
             if f.name == "namespaces":

@@ -318,3 +318,16 @@ def test_a_deleted_pod_ends_a_multinode_attempt() -> None:
 def test_every_failure_gets_a_reason_and_one_line(err: Exception, reason: str, words: str) -> None:
     got_reason, message = errors.describe(err)
     assert got_reason == reason and words in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--allowed-images", "registry/*"], "argument --allowed-images: not valid JSON"),
+    (["--allowed-images", '["", "x"]'], "argument --allowed-images: want a JSON list of strings"),
+    (["--lease-seconds", "2"], "--lease-seconds must be >= 4"),
+])
+def test_bad_operator_flags_end_with_one_line(flags: list[str], words: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        Settings.parse(flags, environ={})
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and len(err.strip().splitlines()) == 1 and words in err
