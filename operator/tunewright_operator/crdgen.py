@@ -129,9 +129,17 @@ def immutable(schema: dict[str, Any], mutable: tuple[str, ...]) -> dict[str, Any
     return {**schema, "x-kubernetes-validations": [*schema.get("x-kubernetes-validations", []), *rules]}
 
 
+def _conditions_as_map(status: dict[str, Any]) -> dict[str, Any]:
+    """status.conditions as a list-map keyed by type (server-side apply merges by type; one per type)."""
+    conditions = status.get("properties", {}).get("conditions")
+    if conditions:
+        conditions.update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    return status
+
+
 def crd(kind: str, plural: str, short: list[str], spec: type[BaseModel], status: type[BaseModel],
         columns: list[dict[str, Any]], description: str) -> dict[str, Any]:
-    status_schema = {**openapi(status), "x-kubernetes-preserve-unknown-fields": True}
+    status_schema = {**_conditions_as_map(openapi(status)), "x-kubernetes-preserve-unknown-fields": True}
     mutable = getattr(spec, "MUTABLE", None)
     root = {
         "type": "object",
@@ -269,7 +277,8 @@ def reference() -> str:
         "`adapterRef` (the Adapter resource `<adapter>-v<version>`).",
         "",
         "- Phases: `Pending` (not seen yet) → `Queued` (waiting for one of `--max-concurrent-jobs` slots, or",
-        "  suspended) → `Running` (a pod exists) → `Succeeded` or `Failed`. `Cancelled` is reserved.",
+        "  suspended) → `Running` (a pod exists) → `Succeeded` or `Failed`; `Pending` also while its first",
+        "  reconcile fails (see Errors).",
         "- Queue order: `spec.priority` (higher first), then creation time. A running job keeps its slot",
         "  across retries; a suspended one gives it up. A deleted or suspended job's slot is free only once its",
         "  pods are gone (or have finished): `--max-concurrent-jobs` is never exceeded by a terminating trainer.",
@@ -282,11 +291,15 @@ def reference() -> str:
         "  outlives its grace period by `--termination-margin-seconds` (chart: `trainer.terminationMarginSeconds`):",
         "  its node is likely unreachable. The operator keeps waiting rather than force-deleting; if the node is",
         "  gone for good, force-delete the pods.",
-        "- Conditions: `Admitted` (`WaitingForSlot` / `SlotAssigned`), `Suspended`, `PodFailed` with the last",
-        "  failure's reason — `TrainerError` or `OOMKilled` (the trainer's termination message is quoted) versus",
-        "  `Evicted` or the DisruptionTarget reason such as `PreemptionByScheduler` — and `Succeeded` /",
-        "  `Failed` (`InvalidSpec`, or the last failure's reason once `retries` are spent). Invalid specs and",
-        "  failures are also Kubernetes Events on the TrainingJob.",
+        "- Conditions follow the Kubernetes API conventions: one per type (a list-map keyed by `type`, which the",
+        "  API server enforces), each with `status`, a CamelCase `reason`, `message`, `lastTransitionTime` (moves",
+        "  only when `status` flips) and the `observedGeneration` it was set for. `Admitted` (`WaitingForSlot` /",
+        "  `SlotAssigned`; `False` again with `Suspended`, `Succeeded` or `Failed` once the job holds no slot),",
+        "  `Suspended`, `PodFailed` with the last failure's reason — `TrainerError` or `OOMKilled` (the trainer's",
+        "  termination message is quoted) versus `Evicted` or the DisruptionTarget reason such as",
+        "  `PreemptionByScheduler` — and `Succeeded` / `Failed` (`InvalidSpec`, `ImageNotAllowed`, or the last",
+        "  failure's reason once `retries` are spent). Invalid specs and failures are also Kubernetes Events on",
+        "  the TrainingJob, from `tunewright-operator`.",
         "- `Running` is `True` (`PodsRunning`) while the attempt's pods run and `False` while they wait:",
         "  `PodsPending`, or what a person must fix, the kubelet's `ErrImagePull` / `ImagePullBackOff` /",
         "  `CreateContainerConfigError` / ... or the scheduler's `Unschedulable` (also a Warning Event). A pod",

@@ -20,8 +20,8 @@ GROUP = "tunewright.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
-TERMINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
+Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"]
+TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 class StorageRef(Spec):
@@ -58,11 +58,15 @@ class Record(BaseModel):
 
 
 class Condition(Record):
-    type: str = Field(description="Ready, Admitted, Suspended, Valid, PodFailed, ...")
+    """As the Kubernetes API conventions have it (metav1.Condition): one per type, reason required."""
+
+    type: str = Field(description="Admitted, Running, Suspended, Succeeded, Failed, Synced, PodFailed, "
+                      "PreviousAttemptGone.")
     status: Literal["True", "False", "Unknown"]
-    reason: str | None = Field(None, description="CamelCase reason, e.g. TrainerError, Evicted, Preempted.")
-    message: str | None = None
-    last_transition_time: str | None = None
+    reason: str = Field(min_length=1, description="CamelCase reason, e.g. SlotAssigned, ErrImagePull, Evicted.")
+    message: str = Field("", description="What happened, for a person.")
+    last_transition_time: str = Field(description="When status last changed.")
+    observed_generation: int | None = Field(None, description="metadata.generation the condition was set for.")
 
 
 class Metrics(Record):

@@ -38,6 +38,7 @@ from tunewright_operator.status import (
     progress_fields,
     seconds_between,
     set_condition,
+    stamped,
 )
 
 log = logging.getLogger("tunewright.operator")
@@ -266,8 +267,9 @@ class Reconciler:
         self._write(tj, {
             "phase": "Queued", "podName": None, "terminating": None,
             "message": "suspended; set spec.suspend to false to resume from the latest checkpoint",
-            "conditions": set_condition(status.get("conditions"), "Suspended", True, "Suspended",
-                                        "spec.suspend is true"),
+            "conditions": set_condition(set_condition(status.get("conditions"), "Suspended", True, "Suspended",
+                                                      "spec.suspend is true"),
+                                        "Admitted", False, "Suspended", "suspended jobs hold no slot"),
         })
         return active
 
@@ -416,11 +418,11 @@ class Reconciler:
         if duration is not None:
             method = (tj.get("spec") or {}).get("method", "sft")
             metrics.JOB_DURATION.labels(method=method, outcome=phase.lower()).observe(duration)
-        self._write(tj, {
-            **extra, "phase": phase, "message": message, "completionTime": done,
-            "conditions": set_condition(extra.get("conditions", status.get("conditions")), phase, True,
-                                        reason, message),
-        })
+        conditions = set_condition(extra.get("conditions", status.get("conditions")), phase, True, reason, message)
+        if condition({"conditions": conditions}, "Admitted"):
+            conditions = set_condition(conditions, "Admitted", False, phase, "the job is finished; its slot is free")
+        self._write(tj, {**extra, "phase": phase, "message": message, "completionTime": done,
+                         "conditions": conditions})
 
     # --- helpers ---
 
@@ -429,8 +431,10 @@ class Reconciler:
         return stores.open_root(self.kube, tj["metadata"]["namespace"], uri, spec.storage.secret_name)
 
     def _write(self, tj: dict[str, Any], patch: dict[str, Any]) -> None:
-        status = _status(tj)
-        patch = changed(status, {**patch, "observedGeneration": tj["metadata"].get("generation")})
+        status, generation = _status(tj), tj["metadata"].get("generation")
+        if patch.get("conditions") is not None:
+            patch = {**patch, "conditions": stamped(patch["conditions"], status.get("conditions"), generation)}
+        patch = changed(status, {**patch, "observedGeneration": generation})
         if set(patch) - {"observedGeneration"}:
             namespace, name = queue.key(tj)
             self.kube.patch_status(TRAININGJOBS, namespace, name, patch)

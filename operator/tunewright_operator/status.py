@@ -40,6 +40,20 @@ def set_condition(conditions: list[dict[str, Any]] | None, type_: str, status: b
     return out
 
 
+def stamped(conditions: list[dict[str, Any]], old: list[dict[str, Any]] | None, generation: int | None
+            ) -> list[dict[str, Any]]:
+    """Each condition with the observedGeneration it was set for: this generation where it changed, its earlier
+    one where it did not."""
+    before = {c.get("type"): c for c in old or []}
+
+    def same(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
+        drop = lambda c: {k: v for k, v in c.items() if k != "observedGeneration"}  # noqa: E731
+        return b is not None and drop(a) == drop(b)
+
+    return [{**c, "observedGeneration": before[c["type"]].get("observedGeneration", generation)
+             if same(c, before.get(c["type"])) else generation} for c in conditions]
+
+
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
 

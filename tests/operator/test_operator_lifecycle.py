@@ -531,3 +531,27 @@ def test_only_allowed_images_and_opted_in_secrets_are_used(k8s, operator_factory
     k8s.core.patch_namespaced_secret("db-password", k8s.namespace,
                                      {"metadata": {"labels": {"tunewright.dev/storage-credentials": "true"}}})
     k8s.wait_phase("leak", "Succeeded", timeout=90)  # (Secret reads are cached for a minute at most)
+
+
+def test_conditions_follow_the_api_conventions(k8s, operator_factory, kubelet_factory):
+    """One condition per type (a list-map the API server enforces), each with a reason, a transition time and
+    the generation it was set for; Admitted turns False once the job is finished or suspended."""
+    kubelet_factory()
+    operator_factory()
+    k8s.create("trainingjobs", "conv", SPEC)
+    k8s.create("trainingjobs", "paused", {**SPEC, "suspend": True})
+    done = k8s.wait_phase("conv", "Succeeded", timeout=30)
+    types = [c["type"] for c in done["conditions"]]
+    assert len(types) == len(set(types)) and {"Admitted", "Running", "Succeeded"} <= set(types)
+    for cond in done["conditions"]:
+        assert cond["reason"] and cond["lastTransitionTime"] and cond["observedGeneration"] == 1, cond
+    assert (condition(done, "Admitted")["status"], condition(done, "Admitted")["reason"]) == ("False", "Succeeded")
+    paused = k8s.wait_phase("paused", "Queued", timeout=20)
+    assert (condition(paused, "Admitted")["status"], condition(paused, "Admitted")["reason"]) == ("False",
+                                                                                                  "Suspended")
+    twice = {"type": "Synced", "status": "True", "reason": "X", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        k8s.custom.patch_namespaced_custom_object_status("tunewright.dev", "v1alpha1", k8s.namespace,
+                                                         "trainingjobs", "conv",
+                                                         {"status": {"conditions": [twice, twice]}})
+    assert refused.value.status == 422 and "Duplicate value" in refused.value.body
