@@ -293,6 +293,8 @@ class Reconciler:
                 return self._start(tj, spec, attempt)
             place = queue.position(tjs, (namespace, name))
             running = len(queue.busy(tjs, owners))
+            if _status(tj).get("phase") != "Queued":
+                self.emit(tj, "Normal", "Queued", f"waiting for one of {self.settings.max_concurrent_jobs} slots")
             self._write(tj, {
                 "phase": "Queued",
                 "message": f"waiting for a free slot: {place} in the queue, {running} of "
@@ -338,6 +340,7 @@ class Reconciler:
         names = [pod["metadata"]["name"] for pod in created]
         conditions = set_condition(handover.gone(conditions), "Admitted", True, "SlotAssigned", _pods_text(names))
         resumed = "" if attempt == 1 else " (resumes from the latest checkpoint)"
+        self.emit(tj, "Normal", "AttemptStarted", f"attempt {attempt}: {_pods_text(names)}{resumed}")
         self._write(tj, {
             **extra, "phase": "Running", "attempts": attempt, "podName": names[0], "runId": run, "terminating": None,
             "startTime": status.get("startTime") or now(), "conditions": conditions,

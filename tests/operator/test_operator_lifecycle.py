@@ -546,6 +546,9 @@ def test_conditions_follow_the_api_conventions(k8s, operator_factory, kubelet_fa
     for cond in done["conditions"]:
         assert cond["reason"] and cond["lastTransitionTime"] and cond["observedGeneration"] == 1, cond
     assert (condition(done, "Admitted")["status"], condition(done, "Admitted")["reason"]) == ("False", "Succeeded")
+    reasons = wait_for(lambda: {e["reason"] for e in k8s.events("conv")} >= {"AttemptStarted", "Succeeded"} and
+                       [(e["reason"], e["source"]["component"]) for e in k8s.events("conv")], 10, "the Events")
+    assert {component for _, component in reasons} == {"tunewright-operator"}
     paused = k8s.wait_phase("paused", "Queued", timeout=20)
     assert (condition(paused, "Admitted")["status"], condition(paused, "Admitted")["reason"]) == ("False",
                                                                                                   "Suspended")
