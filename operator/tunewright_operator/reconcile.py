@@ -422,8 +422,9 @@ class Reconciler:
             method = (tj.get("spec") or {}).get("method", "sft")
             metrics.JOB_DURATION.labels(method=method, outcome=phase.lower()).observe(duration)
         conditions = set_condition(extra.get("conditions", status.get("conditions")), phase, True, reason, message)
-        if condition({"conditions": conditions}, "Admitted"):
-            conditions = set_condition(conditions, "Admitted", False, phase, "the job is finished; its slot is free")
+        for held in ("Admitted", RUNNING):  # a finished job holds no slot and runs nothing
+            if condition({"conditions": conditions}, held):
+                conditions = set_condition(conditions, held, False, phase, "the job is finished")
         self._write(tj, {**extra, "phase": phase, "message": message, "completionTime": done,
                          "conditions": conditions})
 

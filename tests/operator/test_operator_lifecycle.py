@@ -545,7 +545,8 @@ def test_conditions_follow_the_api_conventions(k8s, operator_factory, kubelet_fa
     assert len(types) == len(set(types)) and {"Admitted", "Running", "Succeeded"} <= set(types)
     for cond in done["conditions"]:
         assert cond["reason"] and cond["lastTransitionTime"] and cond["observedGeneration"] == 1, cond
-    assert (condition(done, "Admitted")["status"], condition(done, "Admitted")["reason"]) == ("False", "Succeeded")
+    for held in ("Admitted", "Running"):
+        assert (condition(done, held)["status"], condition(done, held)["reason"]) == ("False", "Succeeded")
     reasons = wait_for(lambda: {e["reason"] for e in k8s.events("conv")} >= {"AttemptStarted", "Succeeded"} and
                        [(e["reason"], e["source"]["component"]) for e in k8s.events("conv")], 10, "the Events")
     assert {component for _, component in reasons} == {"tunewright-operator"}
