@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunewright.outages import Outage, StorageOutageError
 from tunewright.runs import now_iso
 from tunewright.storage import Storage, StorageError, clean_key
 
@@ -131,9 +132,11 @@ class CheckpointStore:
 
     Commits run one at a time, in order, on a background thread (unless `background=False`), so training
     continues while a checkpoint uploads. Each file is uploaded and verified (Storage.upload_file checks
-    size and, on S3, the ETag; then the whole listing is checked), retried `attempts` times with
-    exponential backoff from `retry_delay` seconds on top of botocore's own retries, and only then is the
-    manifest written. A checkpoint that still fails is recorded: `flush()` (and the next `commit()`)
+    size and, on S3, the ETag; then the whole listing is checked), and only then is the manifest written.
+    While the store is unreachable (a transient StorageError) every request is retried through `outage`
+    (shared with the run's other writers; see tunewright.outages) until it answers or the outage outlasts
+    its tolerance; any other failure is retried `attempts` times with exponential backoff from
+    `retry_delay` seconds. A checkpoint that still fails is recorded: `flush()` (and the next `commit()`)
     raises CheckpointError naming it and the cause; committed checkpoints are never touched by a failure.
 
     `on_commit` callbacks get (info, upload_seconds) on the upload thread, after the manifest and before
@@ -142,7 +145,7 @@ class CheckpointStore:
 
     def __init__(self, storage: Storage, keep_last: int, background: bool = True,
                  on_commit: OnCommit | Iterable[OnCommit] | None = None, attempts: int = 3,
-                 retry_delay: float = 2.0):
+                 retry_delay: float = 2.0, outage: Outage | None = None):
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
         self.storage = storage
@@ -152,6 +155,7 @@ class CheckpointStore:
             [] if on_commit is None else [on_commit] if callable(on_commit) else list(on_commit))
         self.attempts = attempts
         self.retry_delay = retry_delay
+        self.outage = outage or Outage(storage.uri)
         self._queue: queue.Queue[_Job] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._failures: list[CheckpointError] = []
@@ -238,13 +242,13 @@ class CheckpointStore:
                               files=files)
         # Leftovers of a crashed upload, or an earlier save of the same step: un-commit and clear them
         # first, so stale files never mix with the new ones.
-        if self.storage.list(name):
+        if self.outage.call(lambda: self.storage.list(name), f"listing {name}"):
             self._retry(lambda: self._remove(name), f"clearing {name}")
         target = self.storage.child(name)
         for entry in files:
             self._retry(lambda e=entry: target.upload_file(job.snapshot / e["path"], e["path"]),
                         f"{name}/{entry['path']}")
-        stored = target.sizes()
+        stored = self.outage.call(target.sizes, f"listing {name}")
         wrong = [f["path"] for f in files if stored.get(f["path"]) != f["size"]]
         if wrong:
             raise CheckpointError(f"{name}: stored sizes differ from the local files for {', '.join(wrong)}")
@@ -254,8 +258,10 @@ class CheckpointStore:
     def _retry(self, action: Callable[[], object], what: str) -> None:
         for attempt in range(1, self.attempts + 1):
             try:
-                action()
+                self.outage.call(action, what)
                 return
+            except StorageOutageError as err:
+                raise CheckpointError(f"{what}: {err}") from err
             except (StorageError, OSError) as err:
                 if attempt == self.attempts:
                     raise CheckpointError(f"{what}: {err} (gave up after {attempt} attempts)") from err

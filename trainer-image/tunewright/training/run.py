@@ -24,6 +24,7 @@ from tunewright.data.rows import Row
 from tunewright.data.split import split_by_prompt
 from tunewright.data.store import DatasetMeta, DatasetStore, load_rows, open_dataset
 from tunewright.models.loading import load_base
+from tunewright.outages import Outage
 from tunewright.registry import (
     AdapterRecord,
     DatasetProvenance,
@@ -236,7 +237,9 @@ class Run:
         self.resume = resume
         self.metrics_port = metrics_port if is_main() else None  # only rank 0 has the (averaged) values
         self.display = TerminalDisplay(enabled=display and is_main())
-        self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last)
+        self.outage = Outage(root.uri)  # one per process: its writers share what they see of the store
+        self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last,
+                                           outage=self.outage)
         self.committed: dict[int, Any] = {}  # checkpoints committed by this process, retention's victims too
 
     def execute(self) -> Outcome:
@@ -300,7 +303,9 @@ class Run:
         logger = RunLogCallback(self.run, samples_per_step, trainer, self.display,
                                 prometheus_for(config, self.run.run_id, self.metrics_port),
                                 resumed_metric_lines(self.run, start.step) if start else [],
-                                flush_seconds=0.0 if self.root.local_path() else 5.0)
+                                flush_seconds=0.0 if self.root.local_path() else 5.0, outage=self.outage)
+        if logger.prometheus is not None:
+            logger.prometheus.watch_storage(self.outage)
         self._wire_commits(logger, hf_dir)
         commit = CommitCheckpointCallback(self.checkpoints, hf_dir)
         schedule = EpochEndCallback(bool(val_ex), config.checkpointing.every_steps)
@@ -330,7 +335,7 @@ class Run:
         if sigterm.requested:
             if is_main():
                 logger.progress.state = "interrupted"
-                logger.flush()
+                logger.drain()
             raise TrainingInterrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint committed")
         if not is_main():
             return Outcome(self.run.run_id, None, {})
@@ -353,7 +358,7 @@ class Run:
         ) | {"worldSize": args.world_size, "globalBatchSize": samples_per_step, "listen": listened}
         result = self._publish(trainer.model, report, dataset, work)
         logger.progress.state = "completed"
-        logger.flush()
+        logger.drain()
         print_summary(report, result.adapter_uri, result.report_page_uri, self.display.console)
         return Outcome(self.run.run_id, result, report, trainer.model, processor)
 
