@@ -4,9 +4,12 @@
     <root>/checkpoint-<step>/manifest.json   CheckpointInfo: step, epoch, metric, every file's size+sha256
 
 A checkpoint exists only once its manifest does, and only while every file the manifest lists is present
-with the listed size; anything else under a `checkpoint-<step>` name (a crash mid-upload, a half-finished
-deletion) is ignored and later removed by retention. Retention deletes the manifest first, so a deletion cut
-short never leaves something that looks committed.
+with the listed size. A `checkpoint-<step>` directory without a manifest (a crash mid-upload, a
+half-finished deletion) is incomplete: ignored, and later removed by retention. One with a manifest that
+cannot be used (unreadable, or listing an object that is missing or has another size) is damaged: never
+resumed from, reported with its reason (`damaged()`), and never deleted by retention, so whatever of it is
+intact can still be recovered by hand. Retention deletes the manifest first, so a deletion cut short never
+leaves something that looks committed.
 
 HF Trainer's own rotation (`save_total_limit`) is not used for this: it knows nothing of uploads and has
 deleted the best checkpoint in the past (transformers #15089, #25129, #39476).
@@ -275,8 +278,10 @@ class CheckpointStore:
 
     def _retain(self) -> None:
         """Keep the `keep_last` most recent committed checkpoints, the latest and the best; remove the other
-        committed ones and every incomplete checkpoint directory."""
-        committed, incomplete = self._scan()
+        committed ones and every incomplete checkpoint directory. Damaged ones are left alone."""
+        committed, incomplete, damaged = self._scan()
+        for name, reason in damaged.items():
+            log.warning("retention: keeping damaged %s in %s: %s", name, self.storage.uri, reason)
         keep = {info.name for info in committed[-self.keep_last:]}
         best = _best(committed)
         if best is not None:
@@ -291,35 +296,44 @@ class CheckpointStore:
 
     # -- reading -----------------------------------------------------------------------------------------
 
-    def _scan(self) -> tuple[list[CheckpointInfo], list[str]]:
-        """(committed checkpoints sorted by step, names of incomplete checkpoint directories)."""
+    def _scan(self) -> tuple[list[CheckpointInfo], list[str], dict[str, str]]:
+        """(committed checkpoints sorted by step, names of incomplete checkpoint directories, damaged
+        checkpoint name -> why it cannot be used), names in step order."""
         by_dir: dict[str, dict[str, int]] = {}
         for key, size in self.storage.sizes().items():
             top, _, rest = key.partition("/")
             if _NAME.fullmatch(top) and rest:
                 by_dir.setdefault(top, {})[rest] = size
-        committed, incomplete = [], []
-        for name, stored in by_dir.items():
-            info = self._read_manifest(name) if MANIFEST in stored else None
-            if info is not None and all(stored.get(f["path"]) == f["size"] for f in info.files):
-                committed.append(info)
-            else:
+        committed, incomplete, damaged = [], [], {}
+        for name, stored in sorted(by_dir.items(), key=lambda item: _step(item[0])):
+            if MANIFEST not in stored:
                 incomplete.append(name)
+                continue
+            try:
+                info = self._read_manifest(name)
+            except FileNotFoundError:
+                incomplete.append(name)  # deleted since the listing
+                continue
+            except ValueError as err:
+                damaged[name] = str(err)
+                continue
+            if problem := _missing_or_resized(info, stored):
+                damaged[name] = problem
+            else:
+                committed.append(info)
         committed.sort(key=lambda i: i.step)
-        return committed, sorted(incomplete, key=lambda n: int(n.split("-")[1]))
+        return committed, incomplete, damaged
 
-    def _read_manifest(self, name: str) -> CheckpointInfo | None:
-        try:
-            info = CheckpointInfo.from_json(self.storage.read_bytes(f"{name}/{MANIFEST}"))
-        except FileNotFoundError:
-            return None  # deleted since the listing
-        except ValueError as err:
-            log.warning("ignoring %s/%s: %s", self.storage.uri, name, err)
-            return None
+    def _read_manifest(self, name: str) -> CheckpointInfo:
+        """The manifest of `name`; ValueError says why it is unusable."""
+        info = CheckpointInfo.from_json(self.storage.read_bytes(f"{name}/{MANIFEST}"))
         if info.name != name:
-            log.warning("ignoring %s/%s: its manifest names %s", self.storage.uri, name, info.name)
-            return None
+            raise ValueError(f"its manifest names {info.name}")
         return info
+
+    def damaged(self) -> dict[str, str]:
+        """Checkpoints with a manifest that cannot be resumed from, in step order, each with the reason."""
+        return self._scan()[2]
 
     def committed(self) -> list[CheckpointInfo]:
         """Checkpoints with a valid manifest whose files are all present, sorted by step."""
@@ -337,11 +351,14 @@ class CheckpointStore:
         """"latest" (None when nothing is committed yet) or a checkpoint name; CheckpointError otherwise."""
         if spec == "latest":
             return self.latest()
-        committed, incomplete = self._scan()
+        committed, incomplete, damaged = self._scan()
         for info in committed:
             if info.name == spec:
                 return info
         names = ", ".join(i.name for i in committed) or "none"
+        if spec in damaged:
+            raise CheckpointError(f"checkpoint {spec!r} in {self.storage.uri} is damaged: {damaged[spec]}; "
+                                  f"committed checkpoints: {names}")
         if spec in incomplete:
             raise CheckpointError(f"checkpoint {spec!r} in {self.storage.uri} is incomplete (its upload "
                                   "never finished, so it has no valid manifest); committed checkpoints: "
@@ -373,6 +390,20 @@ class CheckpointStore:
             raise StorageError(f"downloaded {entry['path']} does not match the manifest "
                                f"({size} bytes, sha256 {digest[:12]}…; expected {entry['size']} bytes, "
                                f"{entry['sha256'][:12]}…)")
+
+
+def _step(name: str) -> int:
+    return int(name.split("-")[1])
+
+
+def _missing_or_resized(info: CheckpointInfo, stored: dict[str, int]) -> str | None:
+    """What of the manifest's objects is not in storage as listed, or None when all are."""
+    missing = [f["path"] for f in info.files if f["path"] not in stored]
+    if missing:
+        return f"its manifest lists {len(missing)} object(s) missing from storage: {', '.join(missing)}"
+    resized = [f"{f['path']} ({stored[f['path']]} bytes, manifest says {f['size']})" for f in info.files
+               if stored[f["path"]] != f["size"]]
+    return f"stored sizes differ from its manifest: {', '.join(resized)}" if resized else None
 
 
 def _best(committed: list[CheckpointInfo]) -> CheckpointInfo | None:

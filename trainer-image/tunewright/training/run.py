@@ -266,10 +266,21 @@ class Run:
 
     def _resume_point(self) -> CheckpointInfo | None:
         """The checkpoint to continue from: none for a new run; with `auto` the latest if any; with `latest`
-        or a name it must be committed."""
+        or a name it must be committed. With `auto` or `latest`, checkpoints that exist but cannot be loaded
+        (damaged: see checkpoints.py) refuse the run when no other is usable, and are named in one warning
+        when an older one is resumed instead: a run never starts over silently."""
         if not self.resume:
             return None
         start = self.checkpoints.resolve("latest" if self.resume == "auto" else self.resume)
+        if self.resume in ("auto", "latest"):
+            damaged = {name: why for name, why in self.checkpoints.damaged().items()
+                       if start is None or int(name.split("-")[1]) > start.step}
+            reasons = "; ".join(f"{name}: {why}" for name, why in damaged.items())
+            if damaged and start is None:
+                raise RunError(f"run {self.run.run_id} has checkpoints but none can be resumed from ({reasons}); "
+                               "repair them, or start a new run (they are never deleted automatically)")
+            if damaged and start is not None:
+                log.warning("resuming run %s from the older %s: %s", self.run.run_id, start.name, reasons)
         if start is None and self.resume == "latest":
             raise RunError(f"run {self.run.run_id} has no committed checkpoint to resume from; start it over with "
                            "--resume auto, or a new run without --resume")
