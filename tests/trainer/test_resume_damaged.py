@@ -1,4 +1,5 @@
-"""`--resume latest`/`auto` never silently starts over when the run's checkpoints exist but cannot be loaded."""
+"""`--resume latest`/`auto` never silently starts over when the run's checkpoints exist but cannot be loaded;
+a run id is only ever continued (or reported complete) under the configuration it was started with."""
 
 from __future__ import annotations
 
@@ -47,3 +48,22 @@ def test_resume_says_when_it_falls_back_to_an_older_checkpoint(root: Storage, tm
     assert [r.getMessage() for r in caplog.records] == [
         "resuming run fallback from the older checkpoint-10: checkpoint-20: its manifest lists 1 object(s) "
         "missing from storage: adapter_model.safetensors"]
+
+
+def test_a_complete_run_id_with_another_config_is_refused(root: Storage, tmp_path: Path) -> None:
+    import json
+
+    from tunewright.runs import CONFIG, RESULT, RunResult
+
+    run = RunStore(root, "done")
+    run.dir.write_text(CONFIG, json.dumps(quick_config("songs").to_dict()))
+    result = RunResult(adapter_name="songs-sft", adapter_version=1, adapter_uri="file:///a",
+                       report_uri="file:///a/report.json", report_page_uri="file:///a/report.html")
+    run.dir.write_text(RESULT, result.to_json())
+
+    same = Run(quick_config("songs"), root, run_id="done", resume="auto", display=False).execute()
+    assert same.result == result
+    other = quick_config("other", **{"training.learningRate": 0.5})
+    with pytest.raises(RunError, match=r"^run done is complete and was trained with a different configuration "
+                                       r"\(changed: dataset, training\); use a new run id to train this one$"):
+        Run(other, root, run_id="done", resume="auto", display=False).execute()

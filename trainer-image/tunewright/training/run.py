@@ -176,8 +176,9 @@ def record_config(run: RunStore, config: TrainingConfig) -> None:
         run.dir.write_text(CONFIG, json.dumps(config.to_dict(), indent=2, sort_keys=True))
 
 
-def check_config_matches(run: RunStore, config: TrainingConfig) -> None:
-    """A resumed run continues only under the configuration it started with."""
+def check_config_matches(run: RunStore, config: TrainingConfig, complete: bool = False) -> None:
+    """A resumed run continues only under the configuration it started with; a complete run is reported
+    as complete only for that configuration."""
     if not run.dir.exists(CONFIG):
         return
     try:
@@ -187,6 +188,9 @@ def check_config_matches(run: RunStore, config: TrainingConfig) -> None:
         raise RunError(f"{run.dir.uri}/{CONFIG} is corrupt (not a JSON object); start a new run") from None
     current = config.to_dict()
     changed = sorted(k for k in set(stored) | set(current) if k != "resources" and stored.get(k) != current.get(k))
+    if changed and complete:
+        raise RunError(f"run {run.run_id} is complete and was trained with a different configuration (changed: "
+                       f"{', '.join(changed)}); use a new run id to train this one")
     if changed:
         raise RunError(f"run {run.run_id} was started with a different configuration (changed: "
                        f"{', '.join(changed)}); start a new run instead of resuming")
@@ -248,6 +252,7 @@ class Run:
         checkpoint to resume from; a refused run leaves storage as it was."""
         done = self.run.read_result()
         if done is not None:
+            check_config_matches(self.run, self.config, complete=True)
             self.display.console.print(f"run {self.run.run_id} already complete: {done.adapter_uri}")
             return Outcome(self.run.run_id, done, self.run.read_report() or {})
         dataset = resolve_dataset(self.config, self.root)
