@@ -258,10 +258,12 @@ class SigtermCallback(TrainerCallback):
 
     def __init__(self) -> None:
         self.requested = False
+        self.at: float | None = None  # time.monotonic() when this process got the signal
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.at = time.monotonic()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:

@@ -54,6 +54,8 @@ from tunewright.training.trainer import ExampleDataset, ObjectiveTrainer
 log = logging.getLogger(__name__)
 
 PUBLISH_ATTEMPTS = 20
+GRACE_ENV = "TUNEWRIGHT_TERMINATION_GRACE_SECONDS"  # the pod's terminationGracePeriodSeconds
+GRACE_MARGIN = 10.0  # seconds of the grace period kept for writing progress.json and exiting
 
 
 class RunError(RuntimeError):
@@ -346,6 +348,8 @@ class Run:
         finally:
             self.display.stop()
             sigterm.restore()
+        if sigterm.requested:
+            self._commit_within_grace(sigterm.at, trainer.state.global_step)
         self.checkpoints.flush()
         seconds = time.monotonic() - began
         if sigterm.requested:
@@ -377,6 +381,23 @@ class Run:
         logger.drain()
         print_summary(report, result.adapter_uri, result.report_page_uri, self.display.console)
         return Outcome(self.run.run_id, result, report, trainer.model, processor)
+
+    def _commit_within_grace(self, signalled: float | None, step: int) -> None:
+        """After SIGTERM, wait for the checkpoint only as long as the pod's grace period allows
+        (TUNEWRIGHT_TERMINATION_GRACE_SECONDS, when set), so that the exit says whether it was committed
+        rather than the kubelet's SIGKILL cutting it short unsaid."""
+        grace = os.environ.get(GRACE_ENV)
+        if not grace:
+            return
+        try:
+            seconds = float(grace)
+        except ValueError:
+            raise RunError(f"{GRACE_ENV} = {grace!r}: must be a number of seconds") from None
+        signalled = signalled or time.monotonic()
+        if not self.checkpoints.flush(timeout=max(signalled + seconds - GRACE_MARGIN - time.monotonic(), 0.0)):
+            raise RunError(f"stopped by SIGTERM at step {step}, but its checkpoint could not be committed within "
+                           f"the {seconds:.0f} s grace period (still uploading {time.monotonic() - signalled:.0f} s "
+                           "after SIGTERM); the next attempt resumes from the last committed checkpoint")
 
     @staticmethod
     def _restore_final(trainer: ObjectiveTrainer, resume_dir: Path) -> None:
