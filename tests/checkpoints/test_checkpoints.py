@@ -77,16 +77,17 @@ def test_best_is_the_earliest_of_equal_metrics_and_keep_last_counts_recent(stora
     assert [i.name for i in store.committed()] == ["checkpoint-20", "checkpoint-40", "checkpoint-50"]
 
 
-def test_incomplete_checkpoints_are_invisible_then_cleaned_up(storage: Storage, tmp_path: Path) -> None:
+def test_incomplete_checkpoints_are_invisible_then_cleaned_up_and_damaged_ones_kept(storage: Storage,
+                                                                                    tmp_path: Path) -> None:
     store = CheckpointStore(storage, keep_last=5, background=False)
     commit(store, tmp_path, 10, 0.5)
-    # A manifest whose files are not all there (e.g. a deletion cut short, or a file lost).
+    # Damaged: a manifest whose files are not all there (a file lost).
     commit(store, tmp_path, 30, 0.1)
     storage.delete("checkpoint-30/optimizer.pt")
     # A crash mid-upload: files, no manifest.
     crashed = make_checkpoint_dir(tmp_path / "crashed", 20)
     storage.upload_file(crashed / "optimizer.pt", "checkpoint-20/optimizer.pt")
-    # A manifest that is not JSON.
+    # Damaged: a manifest that is not JSON.
     storage.write_text("checkpoint-40/manifest.json", "{not json")
     storage.write_text("checkpoint-40/adapter_model.safetensors", "x")
 
@@ -94,8 +95,13 @@ def test_incomplete_checkpoints_are_invisible_then_cleaned_up(storage: Storage, 
     assert store.latest().name == "checkpoint-10"
     assert store.best().name == "checkpoint-10"
     assert store.resolve("latest").name == "checkpoint-10"
-    for name in ("checkpoint-20", "checkpoint-30", "checkpoint-40"):
-        with pytest.raises(CheckpointError, match=f"'{name}' .* is incomplete.*committed checkpoints: checkpoint-10"):
+    with pytest.raises(CheckpointError, match=r"'checkpoint-20' .* is incomplete.*committed checkpoints: "
+                                              r"checkpoint-10"):
+        store.resolve("checkpoint-20")
+    for name, why in (("checkpoint-30", r"its manifest lists 1 object\(s\) missing from storage: optimizer\.pt"),
+                      ("checkpoint-40", "invalid checkpoint manifest: JSONDecodeError")):
+        with pytest.raises(CheckpointError, match=f"'{name}' .* is damaged: {why}.*committed checkpoints: "
+                                                  "checkpoint-10"):
             store.resolve(name)
     with pytest.raises(CheckpointError, match=r"no checkpoint 'checkpoint-99'.*checkpoint-10"):
         store.resolve("checkpoint-99")
@@ -103,7 +109,7 @@ def test_incomplete_checkpoints_are_invisible_then_cleaned_up(storage: Storage, 
         store.fetch("checkpoint-20", tmp_path / "nope")
 
     commit(store, tmp_path, 50, 0.3)
-    assert dirs(storage) == ["checkpoint-10", "checkpoint-50"]
+    assert dirs(storage) == ["checkpoint-10", "checkpoint-30", "checkpoint-40", "checkpoint-50"]
 
 
 def test_nothing_committed(storage: Storage) -> None:
@@ -202,3 +208,19 @@ def test_commit_refuses_an_empty_directory(storage: Storage, tmp_path: Path) -> 
         store.commit(tmp_path / "empty", step=5, epoch=0.0, metric=None)
     with pytest.raises(ValueError, match="keep_last must be at least 1"):
         CheckpointStore(storage, keep_last=0)
+
+
+def test_damaged_checkpoints_are_reported_and_never_deleted_by_retention(storage: Storage, tmp_path: Path) -> None:
+    store = CheckpointStore(storage, keep_last=1, background=False)
+    for step in (10, 20):
+        commit(store, tmp_path, step, None)
+    storage.delete("checkpoint-20/optimizer.pt")  # the manifest lists it; the object is gone
+    assert store.damaged() == {"checkpoint-20": "its manifest lists 1 object(s) missing from storage: optimizer.pt"}
+    assert store.latest() is None  # checkpoint-10 went to retention when 20 was committed
+    with pytest.raises(CheckpointError, match=r"'checkpoint-20' .* is damaged: its manifest lists 1 object\(s\) "
+                                              r"missing from storage: optimizer\.pt"):
+        store.resolve("checkpoint-20")
+
+    commit(store, tmp_path, 30, None)  # retention (keepLast 1) keeps the damaged 20, with its intact files
+    assert dirs(storage) == ["checkpoint-20", "checkpoint-30"]
+    assert "checkpoint-20/adapter_model.safetensors" in storage.list("checkpoint-20")

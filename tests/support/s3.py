@@ -20,6 +20,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -134,6 +135,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._released = threading.Event()
         self.stalled = threading.Event()  # set once a request is being held by a "stall" fault
+        self.latency = 0.0  # seconds added to every request, as a slow or distant store would
         self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.proxy = self  # type: ignore[attr-defined]
         self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
@@ -254,6 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
         body = self._read_body()
+        time.sleep(proxy.latency)
         kind = proxy._decide(self.command, self.path)
         if kind == "reset":
             self._reset()

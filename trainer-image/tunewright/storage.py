@@ -6,7 +6,8 @@ creates the key only if it does not exist (a hard link of the temp file, or S3's
 `If-None-Match: *`): of concurrent writers exactly one succeeds, the others get FileExistsError. A failed
 local write removes its temp file. S3 settings (endpoint,
 region, credentials) come from the standard AWS environment/config, so AWS, MinIO and Ceph all work;
-retries of transient errors (5xx, throttling, resets) use botocore's standard retry mode. Large files are
+retries of transient errors (5xx, throttling, resets) use botocore's standard retry mode; once those are spent
+the StorageError says `transient` (see tunewright.outages for riding out longer outages). Large files are
 uploaded in parts and every upload is verified (size, and ETag where it is an MD5); downloads stream to
 disk. Error messages name the object, never credentials.
 """
@@ -31,7 +32,12 @@ DEFAULT_ROOT = "file://./.tunewright"
 
 
 class StorageError(RuntimeError):
-    pass
+    """`transient`: the store may answer if asked again later (unreachable, 5xx, throttled), as opposed to a
+    refusal or a fault in what was sent (access denied, no such bucket, a corrupt upload)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 def storage_root_uri(explicit: str | None = None) -> str:
@@ -287,6 +293,15 @@ _MISSING = {"404", "NoSuchKey", "NotFound"}
 _EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 
 
+_BUSY = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"}
+
+
+def _transient(err: Exception) -> bool:
+    """A server error or throttling (botocore's retries spent): the same request may succeed later."""
+    status = int(getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return status >= 500 or _error_code(err) in _BUSY
+
+
 def _if_new(exclusive: bool) -> dict[str, str]:
     return {"IfNoneMatch": "*"} if exclusive else {}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
@@ -367,12 +382,12 @@ class S3Storage(Storage):
             if code in _DENIED:
                 raise StorageError(f"cannot {action} {self._uri(key)}: access denied ({code}); check the AWS "
                                    "credentials and the bucket policy") from err
-            raise StorageError(f"cannot {action} {self._uri(key)}: {err}") from err
+            raise StorageError(f"cannot {action} {self._uri(key)}: {err}", transient=_transient(err)) from err
         except NoCredentialsError:
             raise StorageError(f"cannot {action} {self._uri(key)}: no AWS credentials found (set "
                                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile)") from None
-        except BotoCoreError as err:
-            raise StorageError(f"cannot {action} {self._uri(key)}: {err}") from err
+        except BotoCoreError as err:  # connection refused or reset, timeouts: botocore's retries are spent
+            raise StorageError(f"cannot {action} {self._uri(key)}: {err}", transient=True) from err
 
     def child(self, *parts: str) -> Storage:
         sub = clean_key("/".join(parts))

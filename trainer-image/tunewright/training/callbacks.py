@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from tunewright.runs import METRICS, RunStore, now_iso
+from tunewright.outages import LatestWriter, Outage
+from tunewright.runs import METRICS, PROGRESS, RunStore, now_iso
 from tunewright.runs import Progress as RunProgress
 from tunewright.training.checkpoints import CheckpointStore
 
@@ -111,8 +112,11 @@ class RunLogCallback(TrainerCallback):
     """Each log event → one line of metrics.jsonl, progress.json, the Prometheus gauges and the terminal."""
 
     def __init__(self, run: RunStore, samples_per_step: int, trainer: Any, display: TerminalDisplay,
-                 prometheus: Any = None, resumed_lines: list[str] | None = None, flush_seconds: float = 0.0):
+                 prometheus: Any = None, resumed_lines: list[str] | None = None, flush_seconds: float = 0.0,
+                 outage: Outage | None = None):
         self.run = run
+        # Written in the background, so that a storage outage never stalls training (tunewright.outages).
+        self.writer = LatestWriter(run.dir, outage or Outage(run.dir.uri))
         self.samples_per_step = samples_per_step
         self.trainer = trainer
         self.display = display
@@ -156,6 +160,7 @@ class RunLogCallback(TrainerCallback):
         self.display.log(record)
         if not state.is_world_process_zero:
             return
+        self.writer.check()
         self.lines.append(json.dumps(record, allow_nan=True))
         self._update_progress(record)
         if "eval_loss" in record or time.monotonic() - self._flushed >= self.flush_seconds:
@@ -169,10 +174,16 @@ class RunLogCallback(TrainerCallback):
             self.flush()
 
     def flush(self) -> None:
+        """Queue metrics.jsonl and progress.json for writing; raises if the store stayed away too long."""
         with self._lock:  # the checkpoint upload thread flushes too
-            self.run.dir.write_text(METRICS, "\n".join(self.lines) + "\n")
-            self.run.write_progress(self.progress)
+            self.writer.put(METRICS, "\n".join(self.lines) + "\n")
+            self.writer.put(PROGRESS, self.progress.to_json())
             self._flushed = time.monotonic()
+
+    def drain(self) -> None:
+        """Flush and wait until both files are stored."""
+        self.flush()
+        self.writer.drain()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
@@ -247,10 +258,12 @@ class SigtermCallback(TrainerCallback):
 
     def __init__(self) -> None:
         self.requested = False
+        self.at: float | None = None  # time.monotonic() when this process got the signal
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.at = time.monotonic()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:

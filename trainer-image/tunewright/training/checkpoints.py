@@ -4,9 +4,12 @@
     <root>/checkpoint-<step>/manifest.json   CheckpointInfo: step, epoch, metric, every file's size+sha256
 
 A checkpoint exists only once its manifest does, and only while every file the manifest lists is present
-with the listed size; anything else under a `checkpoint-<step>` name (a crash mid-upload, a half-finished
-deletion) is ignored and later removed by retention. Retention deletes the manifest first, so a deletion cut
-short never leaves something that looks committed.
+with the listed size. A `checkpoint-<step>` directory without a manifest (a crash mid-upload, a
+half-finished deletion) is incomplete: ignored, and later removed by retention. One with a manifest that
+cannot be used (unreadable, or listing an object that is missing or has another size) is damaged: never
+resumed from, reported with its reason (`damaged()`), and never deleted by retention, so whatever of it is
+intact can still be recovered by hand. Retention deletes the manifest first, so a deletion cut short never
+leaves something that looks committed.
 
 HF Trainer's own rotation (`save_total_limit`) is not used for this: it knows nothing of uploads and has
 deleted the best checkpoint in the past (transformers #15089, #25129, #39476).
@@ -28,10 +31,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunewright.outages import Outage, StorageOutageError
 from tunewright.runs import now_iso
 from tunewright.storage import Storage, StorageError, clean_key
 
@@ -130,10 +135,13 @@ class CheckpointStore:
     """Commit, list, retain and fetch the checkpoints of one run.
 
     Commits run one at a time, in order, on a background thread (unless `background=False`), so training
-    continues while a checkpoint uploads. Each file is uploaded and verified (Storage.upload_file checks
-    size and, on S3, the ETag; then the whole listing is checked), retried `attempts` times with
-    exponential backoff from `retry_delay` seconds on top of botocore's own retries, and only then is the
-    manifest written. A checkpoint that still fails is recorded: `flush()` (and the next `commit()`)
+    continues while a checkpoint uploads; a checkpoint's files upload concurrently (`upload_workers`).
+    Each file is uploaded and verified (Storage.upload_file checks size and, on S3, the ETag; then the
+    whole listing is checked), and only then is the manifest written.
+    While the store is unreachable (a transient StorageError) every request is retried through `outage`
+    (shared with the run's other writers; see tunewright.outages) until it answers or the outage outlasts
+    its tolerance; any other failure is retried `attempts` times with exponential backoff from
+    `retry_delay` seconds. A checkpoint that still fails is recorded: `flush()` (and the next `commit()`)
     raises CheckpointError naming it and the cause; committed checkpoints are never touched by a failure.
 
     `on_commit` callbacks get (info, upload_seconds) on the upload thread, after the manifest and before
@@ -142,7 +150,7 @@ class CheckpointStore:
 
     def __init__(self, storage: Storage, keep_last: int, background: bool = True,
                  on_commit: OnCommit | Iterable[OnCommit] | None = None, attempts: int = 3,
-                 retry_delay: float = 2.0):
+                 retry_delay: float = 2.0, outage: Outage | None = None, upload_workers: int = 8):
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
         self.storage = storage
@@ -152,6 +160,8 @@ class CheckpointStore:
             [] if on_commit is None else [on_commit] if callable(on_commit) else list(on_commit))
         self.attempts = attempts
         self.retry_delay = retry_delay
+        self.outage = outage or Outage(storage.uri)
+        self.upload_workers = upload_workers
         self._queue: queue.Queue[_Job] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._failures: list[CheckpointError] = []
@@ -179,11 +189,15 @@ class CheckpointStore:
                 self._worker.start()
         self._queue.put(job)
 
-    def flush(self) -> None:
-        """Wait for every pending commit; raise CheckpointError if any failed."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for every pending commit (at most `timeout` seconds: False if some are still uploading then);
+        raise CheckpointError if any failed."""
+        done = True
         if self._worker is not None:
-            self._queue.join()
+            with self._queue.all_tasks_done:  # Queue.join() with a timeout
+                done = self._queue.all_tasks_done.wait_for(lambda: not self._queue.unfinished_tasks, timeout)
         self.check()
+        return done
 
     def check(self) -> None:
         """Raise CheckpointError if a commit has failed (without waiting for pending ones)."""
@@ -238,13 +252,18 @@ class CheckpointStore:
                               files=files)
         # Leftovers of a crashed upload, or an earlier save of the same step: un-commit and clear them
         # first, so stale files never mix with the new ones.
-        if self.storage.list(name):
+        if self.outage.call(lambda: self.storage.list(name), f"listing {name}"):
             self._retry(lambda: self._remove(name), f"clearing {name}")
         target = self.storage.child(name)
-        for entry in files:
-            self._retry(lambda e=entry: target.upload_file(job.snapshot / e["path"], e["path"]),
-                        f"{name}/{entry['path']}")
-        stored = target.sizes()
+        # Concurrently: on a store with 2 s per request, one file after another took 44 s a checkpoint,
+        # more than a SIGTERM grace period has to spare. Bounded, so that many files do not flood the store.
+        with ThreadPoolExecutor(self.upload_workers, thread_name_prefix="checkpoint-file") as pool:
+            uploads = [pool.submit(self._retry, lambda e=entry: target.upload_file(job.snapshot / e["path"],
+                                                                                   e["path"]),
+                                   f"{name}/{entry['path']}") for entry in files]
+            for upload in uploads:
+                upload.result()
+        stored = self.outage.call(target.sizes, f"listing {name}")
         wrong = [f["path"] for f in files if stored.get(f["path"]) != f["size"]]
         if wrong:
             raise CheckpointError(f"{name}: stored sizes differ from the local files for {', '.join(wrong)}")
@@ -254,8 +273,10 @@ class CheckpointStore:
     def _retry(self, action: Callable[[], object], what: str) -> None:
         for attempt in range(1, self.attempts + 1):
             try:
-                action()
+                self.outage.call(action, what)
                 return
+            except StorageOutageError as err:
+                raise CheckpointError(f"{what}: {err}") from err
             except (StorageError, OSError) as err:
                 if attempt == self.attempts:
                     raise CheckpointError(f"{what}: {err} (gave up after {attempt} attempts)") from err
@@ -269,8 +290,10 @@ class CheckpointStore:
 
     def _retain(self) -> None:
         """Keep the `keep_last` most recent committed checkpoints, the latest and the best; remove the other
-        committed ones and every incomplete checkpoint directory."""
-        committed, incomplete = self._scan()
+        committed ones and every incomplete checkpoint directory. Damaged ones are left alone."""
+        committed, incomplete, damaged = self._scan()
+        for name, reason in damaged.items():
+            log.warning("retention: keeping damaged %s in %s: %s", name, self.storage.uri, reason)
         keep = {info.name for info in committed[-self.keep_last:]}
         best = _best(committed)
         if best is not None:
@@ -285,35 +308,44 @@ class CheckpointStore:
 
     # -- reading -----------------------------------------------------------------------------------------
 
-    def _scan(self) -> tuple[list[CheckpointInfo], list[str]]:
-        """(committed checkpoints sorted by step, names of incomplete checkpoint directories)."""
+    def _scan(self) -> tuple[list[CheckpointInfo], list[str], dict[str, str]]:
+        """(committed checkpoints sorted by step, names of incomplete checkpoint directories, damaged
+        checkpoint name -> why it cannot be used), names in step order."""
         by_dir: dict[str, dict[str, int]] = {}
         for key, size in self.storage.sizes().items():
             top, _, rest = key.partition("/")
             if _NAME.fullmatch(top) and rest:
                 by_dir.setdefault(top, {})[rest] = size
-        committed, incomplete = [], []
-        for name, stored in by_dir.items():
-            info = self._read_manifest(name) if MANIFEST in stored else None
-            if info is not None and all(stored.get(f["path"]) == f["size"] for f in info.files):
-                committed.append(info)
-            else:
+        committed, incomplete, damaged = [], [], {}
+        for name, stored in sorted(by_dir.items(), key=lambda item: _step(item[0])):
+            if MANIFEST not in stored:
                 incomplete.append(name)
+                continue
+            try:
+                info = self._read_manifest(name)
+            except FileNotFoundError:
+                incomplete.append(name)  # deleted since the listing
+                continue
+            except ValueError as err:
+                damaged[name] = str(err)
+                continue
+            if problem := _missing_or_resized(info, stored):
+                damaged[name] = problem
+            else:
+                committed.append(info)
         committed.sort(key=lambda i: i.step)
-        return committed, sorted(incomplete, key=lambda n: int(n.split("-")[1]))
+        return committed, incomplete, damaged
 
-    def _read_manifest(self, name: str) -> CheckpointInfo | None:
-        try:
-            info = CheckpointInfo.from_json(self.storage.read_bytes(f"{name}/{MANIFEST}"))
-        except FileNotFoundError:
-            return None  # deleted since the listing
-        except ValueError as err:
-            log.warning("ignoring %s/%s: %s", self.storage.uri, name, err)
-            return None
+    def _read_manifest(self, name: str) -> CheckpointInfo:
+        """The manifest of `name`; ValueError says why it is unusable."""
+        info = CheckpointInfo.from_json(self.storage.read_bytes(f"{name}/{MANIFEST}"))
         if info.name != name:
-            log.warning("ignoring %s/%s: its manifest names %s", self.storage.uri, name, info.name)
-            return None
+            raise ValueError(f"its manifest names {info.name}")
         return info
+
+    def damaged(self) -> dict[str, str]:
+        """Checkpoints with a manifest that cannot be resumed from, in step order, each with the reason."""
+        return self._scan()[2]
 
     def committed(self) -> list[CheckpointInfo]:
         """Checkpoints with a valid manifest whose files are all present, sorted by step."""
@@ -331,11 +363,14 @@ class CheckpointStore:
         """"latest" (None when nothing is committed yet) or a checkpoint name; CheckpointError otherwise."""
         if spec == "latest":
             return self.latest()
-        committed, incomplete = self._scan()
+        committed, incomplete, damaged = self._scan()
         for info in committed:
             if info.name == spec:
                 return info
         names = ", ".join(i.name for i in committed) or "none"
+        if spec in damaged:
+            raise CheckpointError(f"checkpoint {spec!r} in {self.storage.uri} is damaged: {damaged[spec]}; "
+                                  f"committed checkpoints: {names}")
         if spec in incomplete:
             raise CheckpointError(f"checkpoint {spec!r} in {self.storage.uri} is incomplete (its upload "
                                   "never finished, so it has no valid manifest); committed checkpoints: "
@@ -367,6 +402,20 @@ class CheckpointStore:
             raise StorageError(f"downloaded {entry['path']} does not match the manifest "
                                f"({size} bytes, sha256 {digest[:12]}…; expected {entry['size']} bytes, "
                                f"{entry['sha256'][:12]}…)")
+
+
+def _step(name: str) -> int:
+    return int(name.split("-")[1])
+
+
+def _missing_or_resized(info: CheckpointInfo, stored: dict[str, int]) -> str | None:
+    """What of the manifest's objects is not in storage as listed, or None when all are."""
+    missing = [f["path"] for f in info.files if f["path"] not in stored]
+    if missing:
+        return f"its manifest lists {len(missing)} object(s) missing from storage: {', '.join(missing)}"
+    resized = [f"{f['path']} ({stored[f['path']]} bytes, manifest says {f['size']})" for f in info.files
+               if stored[f["path"]] != f["size"]]
+    return f"stored sizes differ from its manifest: {', '.join(resized)}" if resized else None
 
 
 def _best(committed: list[CheckpointInfo]) -> CheckpointInfo | None:

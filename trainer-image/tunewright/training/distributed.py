@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ class AgreedSigterm(SigtermCallback):
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = True
+        self.at = time.monotonic()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:

@@ -8,7 +8,8 @@ Liveness, for the stall and stale-checkpoint alerts: `started()` and `progressed
 step and evaluation batch, not only at logging steps) keep `last_progress_timestamp_seconds` and
 `checkpoint_interval_seconds` (the configured checkpoint interval in steps times the mean step time measured
 since the attempt started) current. `step` stays the logged step, so that a scrape's step, loss and learning
-rate are always one metrics.jsonl record's. Timestamps come from `clock` (Unix seconds).
+rate are always one metrics.jsonl record's. Timestamps come from `clock` (Unix seconds). `watch_storage()`
+exports how long the store has been unreachable, read at scrape time.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ class TrainerMetrics:
         self._upload = Histogram(PREFIX + "checkpoint_upload_seconds",
                                  "Seconds from the start of a checkpoint's upload to its commit.", names,
                                  buckets=UPLOAD_BUCKETS, registry=self.registry)
+        self._outage = Gauge(PREFIX + "storage_outage_seconds",
+                             "Seconds the storage has been unreachable (0 while it answers); training goes on "
+                             "meanwhile, up to TUNEWRIGHT_STORAGE_OUTAGE_SECONDS.", names, registry=self.registry)
+        self._outages = Gauge(PREFIX + "storage_outages", "Storage outages this attempt has ridden out or is in.",
+                              names, registry=self.registry)
         self.port: int | None = None
         self._server: Any = None
         if port is not None:
@@ -113,6 +119,11 @@ class TrainerMetrics:
     def checkpoint_committed(self, upload_seconds: float) -> None:
         self._last_checkpoint.labels(**self.labels).set(self.clock())
         self._upload.labels(**self.labels).observe(upload_seconds)
+
+    def watch_storage(self, outage: Any) -> None:
+        """Export a tunewright.outages.Outage: read at each scrape, so an ongoing outage's age grows."""
+        self._outage.labels(**self.labels).set_function(outage.seconds)
+        self._outages.labels(**self.labels).set_function(lambda: outage.outages)
 
     def close(self) -> None:
         if self._server is not None:

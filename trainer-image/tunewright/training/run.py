@@ -24,6 +24,7 @@ from tunewright.data.rows import Row
 from tunewright.data.split import split_by_prompt
 from tunewright.data.store import DatasetMeta, DatasetStore, load_rows, open_dataset
 from tunewright.models.loading import load_base
+from tunewright.outages import Outage
 from tunewright.registry import (
     AdapterRecord,
     DatasetProvenance,
@@ -53,6 +54,8 @@ from tunewright.training.trainer import ExampleDataset, ObjectiveTrainer
 log = logging.getLogger(__name__)
 
 PUBLISH_ATTEMPTS = 20
+GRACE_ENV = "TUNEWRIGHT_TERMINATION_GRACE_SECONDS"  # the pod's terminationGracePeriodSeconds
+GRACE_MARGIN = 10.0  # seconds of the grace period kept for writing progress.json and exiting
 
 
 class RunError(RuntimeError):
@@ -175,8 +178,9 @@ def record_config(run: RunStore, config: TrainingConfig) -> None:
         run.dir.write_text(CONFIG, json.dumps(config.to_dict(), indent=2, sort_keys=True))
 
 
-def check_config_matches(run: RunStore, config: TrainingConfig) -> None:
-    """A resumed run continues only under the configuration it started with."""
+def check_config_matches(run: RunStore, config: TrainingConfig, complete: bool = False) -> None:
+    """A resumed run continues only under the configuration it started with; a complete run is reported
+    as complete only for that configuration."""
     if not run.dir.exists(CONFIG):
         return
     try:
@@ -186,6 +190,9 @@ def check_config_matches(run: RunStore, config: TrainingConfig) -> None:
         raise RunError(f"{run.dir.uri}/{CONFIG} is corrupt (not a JSON object); start a new run") from None
     current = config.to_dict()
     changed = sorted(k for k in set(stored) | set(current) if k != "resources" and stored.get(k) != current.get(k))
+    if changed and complete:
+        raise RunError(f"run {run.run_id} is complete and was trained with a different configuration (changed: "
+                       f"{', '.join(changed)}); use a new run id to train this one")
     if changed:
         raise RunError(f"run {run.run_id} was started with a different configuration (changed: "
                        f"{', '.join(changed)}); start a new run instead of resuming")
@@ -236,7 +243,9 @@ class Run:
         self.resume = resume
         self.metrics_port = metrics_port if is_main() else None  # only rank 0 has the (averaged) values
         self.display = TerminalDisplay(enabled=display and is_main())
-        self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last)
+        self.outage = Outage(root.uri)  # one per process: its writers share what they see of the store
+        self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last,
+                                           outage=self.outage)
         self.committed: dict[int, Any] = {}  # checkpoints committed by this process, retention's victims too
 
     def execute(self) -> Outcome:
@@ -245,6 +254,7 @@ class Run:
         checkpoint to resume from; a refused run leaves storage as it was."""
         done = self.run.read_result()
         if done is not None:
+            check_config_matches(self.run, self.config, complete=True)
             self.display.console.print(f"run {self.run.run_id} already complete: {done.adapter_uri}")
             return Outcome(self.run.run_id, done, self.run.read_report() or {})
         dataset = resolve_dataset(self.config, self.root)
@@ -263,10 +273,21 @@ class Run:
 
     def _resume_point(self) -> CheckpointInfo | None:
         """The checkpoint to continue from: none for a new run; with `auto` the latest if any; with `latest`
-        or a name it must be committed."""
+        or a name it must be committed. With `auto` or `latest`, checkpoints that exist but cannot be loaded
+        (damaged: see checkpoints.py) refuse the run when no other is usable, and are named in one warning
+        when an older one is resumed instead: a run never starts over silently."""
         if not self.resume:
             return None
         start = self.checkpoints.resolve("latest" if self.resume == "auto" else self.resume)
+        if self.resume in ("auto", "latest"):
+            damaged = {name: why for name, why in self.checkpoints.damaged().items()
+                       if start is None or int(name.split("-")[1]) > start.step}
+            reasons = "; ".join(f"{name}: {why}" for name, why in damaged.items())
+            if damaged and start is None:
+                raise RunError(f"run {self.run.run_id} has checkpoints but none can be resumed from ({reasons}); "
+                               "repair them, or start a new run (they are never deleted automatically)")
+            if damaged and start is not None:
+                log.warning("resuming run %s from the older %s: %s", self.run.run_id, start.name, reasons)
         if start is None and self.resume == "latest":
             raise RunError(f"run {self.run.run_id} has no committed checkpoint to resume from; start it over with "
                            "--resume auto, or a new run without --resume")
@@ -300,7 +321,9 @@ class Run:
         logger = RunLogCallback(self.run, samples_per_step, trainer, self.display,
                                 prometheus_for(config, self.run.run_id, self.metrics_port),
                                 resumed_metric_lines(self.run, start.step) if start else [],
-                                flush_seconds=0.0 if self.root.local_path() else 5.0)
+                                flush_seconds=0.0 if self.root.local_path() else 5.0, outage=self.outage)
+        if logger.prometheus is not None:
+            logger.prometheus.watch_storage(self.outage)
         self._wire_commits(logger, hf_dir)
         commit = CommitCheckpointCallback(self.checkpoints, hf_dir)
         schedule = EpochEndCallback(bool(val_ex), config.checkpointing.every_steps)
@@ -325,12 +348,14 @@ class Run:
         finally:
             self.display.stop()
             sigterm.restore()
+        if sigterm.requested:
+            self._commit_within_grace(sigterm.at, trainer.state.global_step)
         self.checkpoints.flush()
         seconds = time.monotonic() - began
         if sigterm.requested:
             if is_main():
                 logger.progress.state = "interrupted"
-                logger.flush()
+                logger.drain()
             raise TrainingInterrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint committed")
         if not is_main():
             return Outcome(self.run.run_id, None, {})
@@ -353,9 +378,26 @@ class Run:
         ) | {"worldSize": args.world_size, "globalBatchSize": samples_per_step, "listen": listened}
         result = self._publish(trainer.model, report, dataset, work)
         logger.progress.state = "completed"
-        logger.flush()
+        logger.drain()
         print_summary(report, result.adapter_uri, result.report_page_uri, self.display.console)
         return Outcome(self.run.run_id, result, report, trainer.model, processor)
+
+    def _commit_within_grace(self, signalled: float | None, step: int) -> None:
+        """After SIGTERM, wait for the checkpoint only as long as the pod's grace period allows
+        (TUNEWRIGHT_TERMINATION_GRACE_SECONDS, when set), so that the exit says whether it was committed
+        rather than the kubelet's SIGKILL cutting it short unsaid."""
+        grace = os.environ.get(GRACE_ENV)
+        if not grace:
+            return
+        try:
+            seconds = float(grace)
+        except ValueError:
+            raise RunError(f"{GRACE_ENV} = {grace!r}: must be a number of seconds") from None
+        signalled = signalled or time.monotonic()
+        if not self.checkpoints.flush(timeout=max(signalled + seconds - GRACE_MARGIN - time.monotonic(), 0.0)):
+            raise RunError(f"stopped by SIGTERM at step {step}, but its checkpoint could not be committed within "
+                           f"the {seconds:.0f} s grace period (still uploading {time.monotonic() - signalled:.0f} s "
+                           "after SIGTERM); the next attempt resumes from the last committed checkpoint")
 
     @staticmethod
     def _restore_final(trainer: ObjectiveTrainer, resume_dir: Path) -> None:

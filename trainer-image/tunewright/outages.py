@@ -1,0 +1,160 @@
+"""Riding out storage outages: a run keeps training while its store is briefly unreachable.
+
+An `Outage` is shared by every writer of one process (the checkpoint uploader, the metrics/progress writer).
+`Outage.call(action)` runs a storage action; a transient failure (StorageError.transient: connection
+refused/reset, timeouts, 5xx and throttling once botocore's own retries are spent) is retried with
+exponential backoff until the action succeeds or the store has been unreachable for longer than the
+tolerance (`TUNEWRIGHT_STORAGE_OUTAGE_SECONDS`, default 900), which raises StorageOutageError with one line
+naming the store, the duration and the last error. Other errors (access denied, a missing bucket or key,
+corruption) are raised at once. The first failure of an outage logs one WARNING, the first success after it
+one WARNING with the outage's duration; `seconds()` is the current outage's age (0 while the store answers),
+exported as a Prometheus gauge by the trainer.
+
+`LatestWriter` writes files that are rewritten whole (metrics.jsonl, progress.json) on a background thread:
+`put()` never blocks the training loop, a newer `put()` of the same key replaces the pending one, and
+`drain()` waits until everything is stored. (botocore retries for seconds, not minutes, and has no notion of
+"latest wins"; hence these by hand.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from tunewright.storage import Storage, StorageError
+
+ENV = "TUNEWRIGHT_STORAGE_OUTAGE_SECONDS"
+DEFAULT_TOLERANCE = 900.0
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class StorageOutageError(StorageError):
+    """The store stayed unreachable for longer than the tolerance."""
+
+
+def tolerance_from_env() -> float:
+    raw = os.environ.get(ENV)
+    if not raw:
+        return DEFAULT_TOLERANCE
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StorageError(f"{ENV} = {raw!r}: must be a number of seconds") from None
+    if value < 0:
+        raise StorageError(f"{ENV} = {raw!r}: must be at least 0")
+    return value
+
+
+class Outage:
+    """The reachability of one store, as seen by every writer of this process."""
+
+    def __init__(self, uri: str, tolerance: float | None = None, initial_delay: float = 0.5,
+                 max_delay: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.uri = uri
+        self.tolerance = tolerance_from_env() if tolerance is None else tolerance
+        self.initial_delay = initial_delay
+        self.max_delay = max_delay
+        self.clock = clock
+        self.sleep = sleep
+        self.outages = 0  # outages seen so far
+        self._since: float | None = None
+        self._lock = threading.Lock()
+
+    def seconds(self) -> float:
+        """How long the store has been unreachable; 0 while it answers."""
+        since = self._since
+        return 0.0 if since is None else max(self.clock() - since, 0.0)
+
+    def call(self, action: Callable[[], T], what: str) -> T:
+        delay = self.initial_delay
+        while True:
+            try:
+                result = action()
+            except StorageError as err:
+                if not err.transient:
+                    raise
+                self._failed(err, what)
+                self.sleep(min(delay, max(self.tolerance - self.seconds(), 0.0)) or 0.0)
+                delay = min(delay * 2, self.max_delay)
+                continue
+            self._answered()
+            return result
+
+    def _failed(self, err: StorageError, what: str) -> None:
+        with self._lock:
+            now = self.clock()
+            if self._since is None:
+                self._since = now
+                self.outages += 1
+                log.warning("storage %s unreachable (%s: %s); training goes on and writes are retried for up "
+                            "to %.0f s (%s)", self.uri, what, err, self.tolerance, ENV)
+            elapsed = now - self._since
+        if elapsed >= self.tolerance:
+            raise StorageOutageError(f"storage {self.uri} unreachable for {elapsed:.0f} s, longer than the "
+                                     f"{self.tolerance:.0f} s tolerated ({ENV}); last error, {what}: {err}")
+
+    def _answered(self) -> None:
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            log.warning("storage %s is back after %.1f s unreachable", self.uri, self.clock() - since)
+
+
+class LatestWriter:
+    """Whole-file writes to `storage` on a background thread, the latest content of each key winning."""
+
+    def __init__(self, storage: Storage, outage: Outage):
+        self.storage = storage
+        self.outage = outage
+        self._pending: dict[str, bytes] = {}
+        self._busy = False
+        self._failure: StorageError | None = None
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def put(self, key: str, data: bytes | str) -> None:
+        """Queue `data` as the new content of `key`; raises if an earlier write failed for good."""
+        self.check()
+        with self._changed:
+            self._pending[key] = data.encode("utf-8") if isinstance(data, str) else data
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="run-files-writer", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every queued write is stored; raise the failure if one failed for good."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._failure is not None or not (self._pending or self._busy))
+        self.check()
+
+    def check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._pending))
+                key, data = next(iter(self._pending.items()))
+                del self._pending[key]
+                self._busy = True
+            try:
+                self.outage.call(lambda k=key, d=data: self.storage.write_bytes(k, d), f"writing {key}")
+            except StorageError as err:
+                with self._changed:
+                    self._failure = err
+                    self._busy = False
+                    self._changed.notify_all()
+                log.error("%s", err)
+                return
+            with self._changed:
+                self._busy = False
+                self._changed.notify_all()
