@@ -114,6 +114,8 @@ def _env(tj: dict[str, Any], storage_uri: str, settings: Settings) -> list[dict[
         "TUNEWRIGHT_TRAININGJOB_UID": meta["uid"],
         "TUNEWRIGHT_TERMINATION_LOG": TERMINATION_LOG,
         "TUNEWRIGHT_METRICS_PORT": str(settings.trainer_metrics_port),
+        # the pod's terminationGracePeriodSeconds: a SIGTERM checkpoint that cannot commit in time says so
+        "TUNEWRIGHT_TERMINATION_GRACE_SECONDS": str(settings.grace_seconds),
         "HOME": "/tmp",  # the root filesystem may be read-only; caches go to the scratch volume
     }
     return [{"name": k, "value": v} for k, v in values.items()]

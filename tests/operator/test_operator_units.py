@@ -47,6 +47,7 @@ def test_pod_manifest() -> None:
     assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["TUNEWRIGHT_TERMINATION_LOG"] == container["terminationMessagePath"] == "/dev/termination-log"
+    assert env["TUNEWRIGHT_TERMINATION_GRACE_SECONDS"] == str(pod["spec"]["terminationGracePeriodSeconds"])
     assert env["TUNEWRIGHT_TRAININGJOB"] == "tune" and env["TUNEWRIGHT_NAMESPACE"] == "ml"
     assert env["TUNEWRIGHT_TRAININGJOB_UID"] == TJ["metadata"]["uid"]
     assert not any("AWS" in k for k in env), "credentials only by Secret reference"
