@@ -214,14 +214,20 @@ def _num(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
+def exclusive(node: dict[str, Any], bound: str) -> bool:
+    """Whether a schema node's `minimum`/`maximum` excludes the bound itself (as OpenAPI's boolean flag, or
+    as the CEL rule a fractional exclusive maximum becomes: see _convert)."""
+    rules = [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+    return bool(node.get(f"exclusive{bound.capitalize()}")) or (bound == "maximum" and
+                                                                 f"self < {node['maximum']}" in rules)
+
+
 def _range(node: dict[str, Any]) -> str:
     parts = []
     if "minimum" in node:
-        parts.append(f"{'>' if node.get('exclusiveMinimum') else '≥'} {_num(node['minimum'])}")
+        parts.append(f"{'>' if exclusive(node, 'minimum') else '≥'} {_num(node['minimum'])}")
     if "maximum" in node:
-        rules = [r["rule"] for r in node.get("x-kubernetes-validations", [])]
-        below = node.get("exclusiveMaximum") or f"self < {node['maximum']}" in rules
-        parts.append(f"{'<' if below else '≤'} {_num(node['maximum'])}")
+        parts.append(f"{'<' if exclusive(node, 'maximum') else '≤'} {_num(node['maximum'])}")
     if "enum" in node:
         parts.append(" \\| ".join(f"`{v}`" for v in node["enum"]))
     if "pattern" in node:
