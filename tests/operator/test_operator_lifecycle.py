@@ -168,6 +168,12 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in status.get("conditions") or [] if c["type"] == type_)
 
 
+def false_condition(k8s: Any, name: str, type_: str = "Synced") -> dict[str, Any] | None:
+    """The job's condition of that type while it is False (e.g. Synced: its last reconcile failed), else None."""
+    found = [c for c in k8s.status(name).get("conditions") or [] if c["type"] == type_]
+    return found[0] if found and found[0]["status"] == "False" else None
+
+
 def test_suspend_checkpoints_and_resume_waits_for_the_old_pod(store, k8s, operator_factory, kubelet_factory,
                                                               pod_events):
     kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1", STANDIN_SIGTERM_SECONDS="1")  # a slow final upload
@@ -375,17 +381,13 @@ def test_an_error_shows_on_its_job_and_never_blocks_the_queue(k8s, operator_fact
                                           "storage": {"uri": "s3://nowhere/x", "secretName": "missing"}})
     k8s.create("trainingjobs", "fine", {**SPEC, "name": "fine"})
 
-    def synced(name: str) -> dict[str, Any] | None:
-        found = [c for c in k8s.status(name).get("conditions") or [] if c["type"] == "Synced"]
-        return found[0] if found and found[0]["status"] == "False" else None
-
-    error = wait_for(lambda: synced("broken"), 20, "the error on the job")
+    error = wait_for(lambda: false_condition(k8s, "broken"), 20, "the error on the job")
     assert error["reason"] == "SecretNotFound" and 'Secret "missing" not found' in error["message"]
     assert k8s.phase("broken") == "Pending"
     events = wait_for(lambda: [e for e in k8s.events("broken") if e["reason"] == "SecretNotFound"], 10, "Event")
     assert events[0]["type"] == "Warning" and events[0]["source"]["component"] == "tunewright-operator"
     k8s.wait_phase("fine", "Succeeded", timeout=30)
-    assert synced("broken") is not None and k8s.pod_names() == ["fine-a1"]
+    assert false_condition(k8s, "broken") is not None and k8s.pod_names() == ["fine-a1"]
 
 
 def test_a_dataset_resource_is_read_with_the_credentials_it_names(k8s, s3_root, moto_endpoint, tmp_path,
@@ -412,11 +414,7 @@ def test_a_dataset_resource_is_read_with_the_credentials_it_names(k8s, s3_root, 
     assert {"prefix": "TUNEWRIGHT_DATASET_", "secretRef": {"name": "data-creds"}} in \
         pod["spec"]["containers"][0]["envFrom"]
 
-    def synced(name: str) -> dict[str, Any] | None:
-        found = [c for c in k8s.status(name).get("conditions") or [] if c["type"] == "Synced"]
-        return found[0] if found and found[0]["status"] == "False" else None
-
-    error = wait_for(lambda: synced("cannot"), 20, "the Dataset's missing Secret on the job")
+    error = wait_for(lambda: false_condition(k8s, "cannot"), 20, "the Dataset's missing Secret on the job")
     assert error["reason"] == "SecretNotFound" and '"gone"' in error["message"]
 
 
@@ -451,11 +449,7 @@ def test_a_config_map_of_another_owner_is_never_taken_as_the_jobs_own(k8s, opera
         "name": "squat-config", "ownerReferences": [owner]}, "data": {"config.yaml": "{}"}})
     k8s.create("trainingjobs", "squat", SPEC)
 
-    def synced() -> dict[str, Any] | None:
-        found = [c for c in k8s.status("squat").get("conditions") or [] if c["type"] == "Synced"]
-        return found[0] if found and found[0]["status"] == "False" else None
-
-    error = wait_for(synced, 20, "the conflict on the job")
+    error = wait_for(lambda: false_condition(k8s, "squat"), 20, "the conflict on the job")
     assert error["reason"] == "OwnedByAnother" and "ConfigMap squat-config belongs to another owner" in \
         error["message"]
     assert k8s.pods() == []
@@ -488,19 +482,17 @@ def test_pods_that_cannot_start_show_why_and_fail_the_attempt_in_time(k8s, opera
     """An image that cannot be pulled and a nodeSelector no node has: condition Running=False with the kubelet's
     or scheduler's reason and a Warning Event (not 'Running'); after --pending-timeout-seconds the attempt fails."""
     kubelet_factory(node={"unpullable": ("registry.example/missing:1",)})
-    operator_factory("--max-concurrent-jobs", "2", "--pending-timeout-seconds", "4", "--allowed-images",
+    operator_factory("--max-concurrent-jobs", "2", "--pending-timeout-seconds", "8", "--allowed-images",
                      '["ghcr.io/tunewright/*", "registry.example/*"]')
     k8s.create("trainingjobs", "nopull", {**SPEC, "image": "registry.example/missing:1", "retries": 0})
     k8s.create("trainingjobs", "nofit", {**SPEC, "retries": 0, "resources": {"nodeSelector": {"pool": "h100"}}})
-    for name, reason, words in (("nopull", "ErrImagePull", 'failed to pull image "registry.example/missing:1"'),
-                                ("nofit", "Unschedulable", "didn't match Pod's node affinity/selector")):
-        def blocked(job: str) -> dict[str, Any] | None:
-            found = [c for c in k8s.status(job).get("conditions") or [] if c["type"] == "Running"]
-            return found[0] if found and found[0]["status"] == "False" and found[0]["reason"] != "PodsPending" \
-                else None
-
-        waiting = wait_for(lambda n=name: blocked(n), 20, f"{name} waiting")
+    cases = (("nopull", "ErrImagePull", 'failed to pull image "registry.example/missing:1"'),
+             ("nofit", "Unschedulable", "didn't match Pod's node affinity/selector"))
+    for name, reason, words in cases:  # both while they wait (a finished job's Running says Failed)
+        waiting = wait_for(lambda n=name: (c := false_condition(k8s, n, "Running")) and c["reason"] != "PodsPending"
+                           and c, 20, f"{name} waiting")
         assert waiting["reason"] == reason and words in waiting["message"]
+    for name, reason, _ in cases:
         assert wait_for(lambda n=name, r=reason: [e for e in k8s.events(n) if e["reason"] == r], 10, "Event")
         failed = k8s.wait_phase(name, "Failed", timeout=30)
         assert failed["message"].startswith(f"attempt 1 failed ({reason}: ") and "not running after" in \
@@ -521,11 +513,7 @@ def test_only_allowed_images_and_opted_in_secrets_are_used(k8s, operator_factory
                                                       "stringData": {"PASSWORD": "hunter2"}})
     k8s.create("trainingjobs", "leak", {**SPEC, "storage": {"secretName": "db-password"}})
 
-    def synced() -> dict[str, Any] | None:
-        found = [c for c in k8s.status("leak").get("conditions") or [] if c["type"] == "Synced"]
-        return found[0] if found and found[0]["status"] == "False" else None
-
-    error = wait_for(synced, 20, "the refusal")
+    error = wait_for(lambda: false_condition(k8s, "leak"), 20, "the refusal")
     assert error["reason"] == "SecretNotAllowed" and "tunewright.dev/storage-credentials=true" in error["message"]
     assert k8s.pods() == []
     k8s.core.patch_namespaced_secret("db-password", k8s.namespace,
