@@ -143,8 +143,10 @@ def test_entrypoints_match_the_package_and_the_chart() -> None:
     assert (ROOT / "operator" / "tunewright_operator" / "__main__.py").exists()
 
 
-@pytest.mark.parametrize(("engine_answers", "build"), [(True, "docker build"),
-                                                       (False, "buildah bud --isolation chroot --layers")])
+@pytest.mark.parametrize(("engine_answers", "build"), [
+    (True, "docker build"),
+    (False, "buildah bud --format docker --isolation chroot --layers"),
+])
 def test_make_images_uses_docker_with_an_engine_else_buildah(tmp_path: Path, engine_answers: bool, build: str) -> None:
     """A docker client without an engine (as on the CI machines) must not be chosen."""
     fake = tmp_path / "docker"
