@@ -141,3 +141,20 @@ def test_entrypoints_match_the_package_and_the_chart() -> None:
     assert operator_entry == ['["python", "-m", "tunewright_operator"]']
     assert "command: [python, -m, tunewright_operator]" in chart
     assert (ROOT / "operator" / "tunewright_operator" / "__main__.py").exists()
+
+
+@pytest.mark.parametrize(("engine_answers", "build"), [
+    (True, "docker build"),
+    (False, "buildah bud --format docker --isolation chroot --layers"),
+])
+def test_make_images_uses_docker_with_an_engine_else_buildah(tmp_path: Path, engine_answers: bool, build: str) -> None:
+    """A docker client without an engine (as on the CI machines) must not be chosen."""
+    fake = tmp_path / "docker"
+    fake.write_text(f"#!/bin/sh\nexit {0 if engine_answers else 1}\n")
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "IMAGE_BUILD_ARGS": "--build-arg X=1"}
+    done = subprocess.run(["make", "-n", "--no-print-directory", "images"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=True)
+    lines = done.stdout.splitlines()
+    assert [ln.split(" -f ")[0] for ln in lines] == [f"{build} --build-arg X=1"] * 2
+    assert [ln.split(" -f ")[1].split()[0] for ln in lines] == ["trainer-image/Dockerfile", "operator/Dockerfile"]
