@@ -47,6 +47,9 @@ log = logging.getLogger("tunewright.operator")
 Emit = Callable[[dict[str, Any], str, str, str], None]
 
 
+_LOOKUP = object()  # _start's dataset argument when the caller has not read the Dataset resource
+
+
 def _status(tj: dict[str, Any]) -> dict[str, Any]:
     return tj.get("status") or {}
 
@@ -65,7 +68,8 @@ class Reconciler:
             lambda: kube.list_pods(settings.namespaces, pods.SELECTOR))
         self._locks: defaultdict[queue.Key, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
-        self._admission = threading.Lock()
+        self._admission = threading.Lock()  # guards the choice of jobs to start, and _starting
+        self._starting: set[queue.Key] = set()  # jobs admitted whose pods are being created: they hold a slot
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -153,7 +157,7 @@ class Reconciler:
 
     def _cluster_state(self) -> tuple[list[dict[str, Any]], set[queue.Key]]:
         """All TrainingJobs and the jobs owning unfinished trainer pods (the queue's inputs); updates gauges."""
-        tjs, owners = self.state.jobs(), self.state.owners()
+        tjs, owners = self.state.jobs(), self.state.owners() | self._starting
         metrics.observe_phases(queue.phases(tjs), len(queue.waiting(tjs)))
         return tjs, owners
 
@@ -274,40 +278,49 @@ class Reconciler:
         return active
 
     def _admit(self, tj: dict[str, Any], spec: TrainingJobSpec) -> bool:
-        """A waiting job: start it if the queue allows, else record its place."""
-        namespace, name = queue.key(tj)
+        """A waiting job: start it if the queue allows, else record its place. Only the choice is made under the
+        admission lock (in memory, from the indexes); the job's slot is then held in `_starting` while its
+        requests run outside it, so several jobs are admitted at once."""
+        job = namespace, name = queue.key(tj)
         attempt = int(_status(tj).get("attempts") or 0) + 1
         first = self.kube.get_pod(namespace, multinode.pod_names(name, attempt, spec.resources.nodes)[0])
         if first is not None and handover.owned_by(first, tj["metadata"]["uid"]):
             return self._start(tj, spec, attempt)  # started just before a restart lost the status write
         try:
-            config = self._prepare(tj, spec)
+            dataset = validation.dataset_resource(self.kube, namespace, spec)
+            config = self._prepare(tj, spec, dataset)
         except validation.InvalidJob as err:
             return self._invalid(tj, str(err), err.reason)
         with self._admission:
             tjs, owners = self._cluster_state()
             # Its own earlier pods, still running or terminating (resumed right after a suspend), hold its slot.
-            if (namespace, name) in owners or \
-                    (namespace, name) in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners):
+            admitted = job in owners or job in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners)
+            if admitted:
+                self._starting.add(job)
+            else:
+                place, running = queue.position(tjs, job), len(queue.busy(tjs, owners))
+        if admitted:
+            try:
                 self.kube.ensure_config_map(namespace, pods.config_map(tj, config))
-                return self._start(tj, spec, attempt)
-            place = queue.position(tjs, (namespace, name))
-            running = len(queue.busy(tjs, owners))
-            if _status(tj).get("phase") != "Queued":
-                self.emit(tj, "Normal", "Queued", f"waiting for one of {self.settings.max_concurrent_jobs} slots")
-            self._write(tj, {
-                "phase": "Queued",
-                "message": f"waiting for a free slot: {place} in the queue, {running} of "
-                           f"{self.settings.max_concurrent_jobs} running",
-                "conditions": set_condition(_status(tj).get("conditions"), "Admitted", False, "WaitingForSlot",
-                                            f"maxConcurrentJobs is {self.settings.max_concurrent_jobs}"),
-            })
+                return self._start(tj, spec, attempt, dataset=dataset)
+            finally:
+                with self._admission:
+                    self._starting.discard(job)
+        if _status(tj).get("phase") != "Queued":
+            self.emit(tj, "Normal", "Queued", f"waiting for one of {self.settings.max_concurrent_jobs} slots")
+        self._write(tj, {
+            "phase": "Queued",
+            "message": f"waiting for a free slot: {place} in the queue, {running} of "
+                       f"{self.settings.max_concurrent_jobs} running",
+            "conditions": set_condition(_status(tj).get("conditions"), "Admitted", False, "WaitingForSlot",
+                                        f"maxConcurrentJobs is {self.settings.max_concurrent_jobs}"),
+        })
         return False
 
-    def _prepare(self, tj: dict[str, Any], spec: TrainingJobSpec) -> Any:
-        """Checks that need the cluster or storage (once, before the first start)."""
+    def _prepare(self, tj: dict[str, Any], spec: TrainingJobSpec, dataset: dict[str, Any] | None) -> Any:
+        """Checks that need the cluster or storage (once, before the first start); `dataset`: the Dataset
+        resource the spec names, if any."""
         namespace = tj["metadata"]["namespace"]
-        dataset = validation.dataset_resource(self.kube, namespace, spec)
         for secret in {spec.storage.secret_name, validation.dataset_secret(spec, dataset)} - {None}:
             self.kube.secret_data(namespace, secret)  # exists and is opted in, before a pod gets it as env
         config = validation.trainer_config(spec, dataset)
@@ -317,7 +330,9 @@ class Reconciler:
         return config
 
     def _start(self, tj: dict[str, Any], spec: TrainingJobSpec, attempt: int, note: str = "",
-               extra: dict[str, Any] | None = None) -> bool:
+               extra: dict[str, Any] | None = None, dataset: object = _LOOKUP) -> bool:
+        """Create attempt `attempt`'s pods (once earlier ones are gone) and record it; `dataset`: the Dataset
+        resource when the caller has just read it."""
         meta, status = tj["metadata"], _status(tj)
         extra = extra or {}
         conditions = extra.get("conditions", status.get("conditions"))
@@ -329,7 +344,9 @@ class Reconciler:
             self.kube.delete_service(meta["namespace"], multinode.service_name(meta["name"], attempt - 1))
         run = status.get("runId") or pods.run_id(meta["namespace"], meta["name"], meta["uid"])
         uri = validation.storage_uri(spec, self.settings.storage)
-        dataset = validation.dataset_resource(self.kube, meta["namespace"], spec)
+        if dataset is _LOOKUP:
+            dataset = validation.dataset_resource(self.kube, meta["namespace"], spec)
+        assert dataset is None or isinstance(dataset, dict)
         members = multinode.pod_set(tj, spec, attempt, run, uri, self.settings,
                                     validation.dataset_secret(spec, dataset))
         if len(members) > 1:
