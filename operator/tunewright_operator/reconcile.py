@@ -47,6 +47,7 @@ log = logging.getLogger("tunewright.operator")
 Emit = Callable[[dict[str, Any], str, str, str], None]
 
 
+PODS_PENDING = ("PodsPending", "waiting for the pods to start")  # condition Running's reason, message
 _LOOKUP = object()  # _start's dataset argument when the caller has not read the Dataset resource
 
 
@@ -198,7 +199,7 @@ class Reconciler:
             conditions = set_condition(status.get("conditions"), RUNNING, True, "PodsRunning", status["podName"])
             self._write(tj, {"phase": "Running", "conditions": conditions})
             return False
-        reason, message = state.reason or "PodsPending", state.message or "waiting for the pods to start"
+        reason, message = state.reason or PODS_PENDING[0], state.message or PODS_PENDING[1]
         if state.reason and (previous is None or previous["reason"] != reason):
             self.emit(tj, "Warning", reason, f"{status['podName']}: {message}")
         since = previous["lastTransitionTime"] if previous and previous["status"] == "False" else now()
@@ -356,6 +357,8 @@ class Reconciler:
             self.state.created(pod)  # busy at once, before the watch shows the pod
         names = [pod["metadata"]["name"] for pod in created]
         conditions = set_condition(handover.gone(conditions), "Admitted", True, "SlotAssigned", _pods_text(names))
+        # What the new pods' first event would write (they are Pending): one status write instead of two.
+        conditions = set_condition(conditions, RUNNING, False, *PODS_PENDING)
         resumed = "" if attempt == 1 else " (resumes from the latest checkpoint)"
         self.emit(tj, "Normal", "AttemptStarted", f"attempt {attempt}: {_pods_text(names)}{resumed}")
         self._write(tj, {

@@ -120,3 +120,17 @@ def test_a_job_being_started_holds_its_slot(storage: str) -> None:
     assert len(kube.pods) == 2 and len(kube.creating) == 2
     phases = sorted(tj["status"]["phase"] for tj in kube.jobs.values())
     assert phases == ["Queued", "Running", "Running"]
+
+
+def test_a_started_job_is_not_written_again_when_its_pod_shows_up_pending(storage: str) -> None:
+    kube = SlowKube(["a"])
+    kube.release.set()
+    rec = Reconciler(kube, Settings(storage=storage), lambda *_: None)  # type: ignore[arg-type]
+    rec.reconcile("ml", "a")
+    status = kube.jobs["a"]["status"]
+    running = next(c for c in status["conditions"] if c["type"] == "Running")
+    assert (status["phase"], running["status"], running["reason"]) == ("Running", "False", "PodsPending")
+    writes = []
+    kube.patch_status = lambda *args: writes.append(args)  # type: ignore[method-assign]
+    rec.reconcile("ml", "a")  # the pod's ADDED event: Pending, as the start already recorded
+    assert writes == []
