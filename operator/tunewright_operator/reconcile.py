@@ -16,10 +16,12 @@ slot) at the same time.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tunewright.registry import Registry
@@ -47,6 +49,7 @@ log = logging.getLogger("tunewright.operator")
 Emit = Callable[[dict[str, Any], str, str, str], None]
 
 
+ADMIT_THREADS = 8  # jobs a kick starts at once: each start is ~8 requests, mostly waiting on the API server
 PODS_PENDING = ("PodsPending", "waiting for the pods to start")  # condition Running's reason, message
 _LOOKUP = object()  # _start's dataset argument when the caller has not read the Dataset resource
 
@@ -71,6 +74,7 @@ class Reconciler:
         self._locks_guard = threading.Lock()
         self._admission = threading.Lock()  # guards the choice of jobs to start, and _starting
         self._starting: set[queue.Key] = set()  # jobs admitted whose pods are being created: they hold a slot
+        self._admitting = ThreadPoolExecutor(ADMIT_THREADS, thread_name_prefix="admit")
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -79,11 +83,14 @@ class Reconciler:
     # --- entry points (called from the Kopf handlers) ---
 
     def reconcile(self, namespace: str, name: str) -> None:
+        if self._reconcile_job(namespace, name):
+            self.kick()
+
+    def _reconcile_job(self, namespace: str, name: str) -> bool:
+        """One job's next step; True when it gave up a slot."""
         with self._lock(namespace, name):
             tj = self.kube.get(TRAININGJOBS, namespace, name)
-            freed = self._guarded(tj, self._reconcile) if tj is not None else False
-        if freed:
-            self.kick()
+            return self._guarded(tj, self._reconcile) if tj is not None else False
 
     def _reconcile(self, tj: dict[str, Any]) -> bool:
         phase = _status(tj).get("phase")
@@ -148,13 +155,31 @@ class Reconciler:
 
     def kick(self) -> None:
         """Start whatever the queue allows (after a job finished, was suspended or deleted); no API request
-        unless a job starts. A job that fails to start does not stop the ones behind it."""
-        tjs, owners = self._cluster_state()
-        for namespace, name in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners):
-            try:
-                self.reconcile(namespace, name)
-            except Exception as err:
-                log.warning("admitting %s/%s failed: %s", namespace, name, err)
+        unless a job starts. The jobs chosen are claimed (in `_starting`) under the admission lock, so a kick in
+        another thread picks the jobs behind them, and started side by side (ADMIT_THREADS). A job that fails to
+        start does not stop the others."""
+        while True:
+            with self._admission:
+                tjs, owners = self._cluster_state()
+                chosen = queue.admissible(tjs, self.settings.max_concurrent_jobs, owners)
+                self._starting.update(chosen)
+            if not chosen:
+                return
+            # Each in a copy of this thread's context: kopf.event() needs Kopf's context variables.
+            started = [self._admitting.submit(contextvars.copy_context().run, self._start_claimed, job)
+                       for job in chosen]
+            if not any(f.result() for f in started):  # another round only if one gave a slot back (invalid)
+                return
+
+    def _start_claimed(self, job: queue.Key) -> bool:
+        try:
+            return self._reconcile_job(*job)
+        except Exception as err:
+            log.warning("admitting %s/%s failed: %s", *job, err)
+            return False
+        finally:
+            with self._admission:
+                self._starting.discard(job)
 
     def _cluster_state(self) -> tuple[list[dict[str, Any]], set[queue.Key]]:
         """All TrainingJobs and the jobs owning unfinished trainer pods (the queue's inputs); updates gauges."""

@@ -134,3 +134,19 @@ def test_a_started_job_is_not_written_again_when_its_pod_shows_up_pending(storag
     kube.patch_status = lambda *args: writes.append(args)  # type: ignore[method-assign]
     rec.reconcile("ml", "a")  # the pod's ADDED event: Pending, as the start already recorded
     assert writes == []
+
+
+def test_a_kick_starts_the_jobs_it_admits_side_by_side(storage: str) -> None:
+    kube = SlowKube(["a", "b", "c", "d"])
+    for tj in kube.jobs.values():
+        tj["status"] = {"phase": "Queued"}
+    rec = Reconciler(kube, Settings(storage=storage, max_concurrent_jobs=3), lambda *_: None)  # type: ignore[arg-type]
+    kicks = [threading.Thread(target=rec.kick) for _ in range(2)]  # e.g. two jobs finished at once
+    for kick in kicks:
+        kick.start()
+    assert wait_until(lambda: len(kube.creating) == 3), kube.creating  # none waits for another's pod
+    kube.release.set()
+    for kick in kicks:
+        kick.join(10)
+    assert sorted(kube.pods) == ["a-a1", "b-a1", "c-a1"]  # the first three in order; the fourth still waits
+    assert kube.jobs["d"]["status"]["phase"] == "Queued"
