@@ -11,7 +11,9 @@ records its end (podName unset, phase still Running: the job keeps its slot); th
 created only once the earlier pods are gone from the API (handover.py says why and what counts).
 
 The locks below only keep this process's worker threads from deciding for the same job (or the last free
-slot) at the same time.
+slot) at the same time. The one thing held in memory, `_starting` (jobs chosen to start whose pods are being
+created count as busy), lasts from the choice to the pod creation; a restart in between loses only the choice,
+and the next kick makes it again from what the API shows.
 """
 
 from __future__ import annotations
