@@ -77,7 +77,7 @@ bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 # The operator at 100, 300 and 1,000 TrainingJobs (burst and stream, maxConcurrentJobs 50) on the tests' real
-# control plane; table + bench/operator-results.json, last line = key figures. ~10 min on 2 cores; not part of
+# control plane; table + bench/operator-results.json, last line = key figures. 10-20 min on 2 shared cores; not part of
 # `make test`. BENCH_ARGS="--sizes 100 --modes burst" for a quick look (see bench/operator_scale.py).
 bench-operator: install control-plane
 	$(PY) -m bench.operator_scale $(BENCH_ARGS)

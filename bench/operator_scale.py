@@ -139,7 +139,7 @@ def _classify(method: str, url: str) -> tuple[str, str, str]:
         parts = parts[2:]
     resource, name, sub = [*parts, "", "", ""][:3]
     watching = "watch=true" in parsed.query.lower()
-    verb = {"POST": "CREATE", "PUT": "UPDATE", "PATCH": "PATCH", "DELETE": "DELETE"}.get(method) or \
+    verb = {"POST": "POST", "PUT": "PUT", "PATCH": "PATCH", "DELETE": "DELETE"}.get(method) or \
         ("WATCH" if watching else "GET" if name else "LIST")
     return verb, resource, sub
 

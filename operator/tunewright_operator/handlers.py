@@ -24,7 +24,7 @@ import prometheus_client
 
 from tunewright_operator import datasets, metrics, queue
 from tunewright_operator.kube import DATASETS, TRAININGJOBS, Kube
-from tunewright_operator.models import GROUP, VERSION
+from tunewright_operator.models import GROUP, TERMINAL_PHASES, VERSION
 from tunewright_operator.pods import LABEL_JOB, MANAGED_BY, owner_job
 from tunewright_operator.podstate import unfinished
 from tunewright_operator.reconcile import Reconciler
@@ -32,6 +32,7 @@ from tunewright_operator.settings import Settings
 
 log = logging.getLogger("tunewright.operator")
 TRAINER_PODS = {**MANAGED_BY, LABEL_JOB: kopf.PRESENT}
+HANDLER_THREADS = 16
 
 
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -83,6 +84,9 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
         # (with it on, Kopf retries the forbidden watches for ~40 s before it handles anything).
         settings.scanning.disabled = True
         settings.watching.server_timeout = 600
+        # The handlers mostly wait on the API server and storage; Python's default pool (cores + 4 threads) left
+        # admissions queued behind other jobs' requests in a 100-job burst on 2 cores.
+        settings.execution.max_workers = HANDLER_THREADS
         settings.networking.request_timeout = 60
         if rec.settings.metrics_port:
             prometheus_client.start_http_server(rec.settings.metrics_port)
@@ -99,7 +103,11 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
             kube.forget(TRAININGJOBS, namespace, name)
             rec.kick()  # its slot is free once its pods are gone (the pod events kick again then)
         elif type == "MODIFIED" and kube.wrote(TRAININGJOBS, namespace, name, body["metadata"].get("resourceVersion")):
-            return  # the echo of this process's own status write: nothing new to act on
+            # The echo of this process's own status write: nothing new to act on, except that a job's end now
+            # shows in the index (Kopf updates it before the handlers), so its slot can go to the next job; the
+            # kick right after the write still saw it running.
+            if (body.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                rec.kick()
         elif (body.get("status") or {}).get("phase") == "Succeeded":
             return  # nothing left to do; its slot was handed on when it finished
         else:

@@ -11,15 +11,19 @@ records its end (podName unset, phase still Running: the job keeps its slot); th
 created only once the earlier pods are gone from the API (handover.py says why and what counts).
 
 The locks below only keep this process's worker threads from deciding for the same job (or the last free
-slot) at the same time.
+slot) at the same time. The one thing held in memory, `_starting` (jobs chosen to start whose pods are being
+created count as busy), lasts from the choice to the pod creation; a restart in between loses only the choice,
+and the next kick makes it again from what the API shows.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tunewright.registry import Registry
@@ -47,6 +51,11 @@ log = logging.getLogger("tunewright.operator")
 Emit = Callable[[dict[str, Any], str, str, str], None]
 
 
+ADMIT_THREADS = 8  # jobs a kick starts at once: each start is ~8 requests, mostly waiting on the API server
+PODS_PENDING = ("PodsPending", "waiting for the pods to start")  # condition Running's reason, message
+_LOOKUP = object()  # _start's dataset argument when the caller has not read the Dataset resource
+
+
 def _status(tj: dict[str, Any]) -> dict[str, Any]:
     return tj.get("status") or {}
 
@@ -65,7 +74,9 @@ class Reconciler:
             lambda: kube.list_pods(settings.namespaces, pods.SELECTOR))
         self._locks: defaultdict[queue.Key, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
-        self._admission = threading.Lock()
+        self._admission = threading.Lock()  # guards the choice of jobs to start, and _starting
+        self._starting: set[queue.Key] = set()  # jobs admitted whose pods are being created: they hold a slot
+        self._admitting = ThreadPoolExecutor(ADMIT_THREADS, thread_name_prefix="admit")
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -74,11 +85,14 @@ class Reconciler:
     # --- entry points (called from the Kopf handlers) ---
 
     def reconcile(self, namespace: str, name: str) -> None:
+        if self._reconcile_job(namespace, name):
+            self.kick()
+
+    def _reconcile_job(self, namespace: str, name: str) -> bool:
+        """One job's next step; True when it gave up a slot."""
         with self._lock(namespace, name):
             tj = self.kube.get(TRAININGJOBS, namespace, name)
-            freed = self._guarded(tj, self._reconcile) if tj is not None else False
-        if freed:
-            self.kick()
+            return self._guarded(tj, self._reconcile) if tj is not None else False
 
     def _reconcile(self, tj: dict[str, Any]) -> bool:
         phase = _status(tj).get("phase")
@@ -143,17 +157,35 @@ class Reconciler:
 
     def kick(self) -> None:
         """Start whatever the queue allows (after a job finished, was suspended or deleted); no API request
-        unless a job starts. A job that fails to start does not stop the ones behind it."""
-        tjs, owners = self._cluster_state()
-        for namespace, name in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners):
-            try:
-                self.reconcile(namespace, name)
-            except Exception as err:
-                log.warning("admitting %s/%s failed: %s", namespace, name, err)
+        unless a job starts. The jobs chosen are claimed (in `_starting`) under the admission lock, so a kick in
+        another thread picks the jobs behind them, and started side by side (ADMIT_THREADS). A job that fails to
+        start does not stop the others."""
+        while True:
+            with self._admission:
+                tjs, owners = self._cluster_state()
+                chosen = queue.admissible(tjs, self.settings.max_concurrent_jobs, owners)
+                self._starting.update(chosen)
+            if not chosen:
+                return
+            # Each in a copy of this thread's context: kopf.event() needs Kopf's context variables.
+            started = [self._admitting.submit(contextvars.copy_context().run, self._start_claimed, job)
+                       for job in chosen]
+            if not any(f.result() for f in started):  # another round only if one gave a slot back (invalid)
+                return
+
+    def _start_claimed(self, job: queue.Key) -> bool:
+        try:
+            return self._reconcile_job(*job)
+        except Exception as err:
+            log.warning("admitting %s/%s failed: %s", *job, err)
+            return False
+        finally:
+            with self._admission:
+                self._starting.discard(job)
 
     def _cluster_state(self) -> tuple[list[dict[str, Any]], set[queue.Key]]:
         """All TrainingJobs and the jobs owning unfinished trainer pods (the queue's inputs); updates gauges."""
-        tjs, owners = self.state.jobs(), self.state.owners()
+        tjs, owners = self.state.jobs(), self.state.owners() | self._starting
         metrics.observe_phases(queue.phases(tjs), len(queue.waiting(tjs)))
         return tjs, owners
 
@@ -194,7 +226,7 @@ class Reconciler:
             conditions = set_condition(status.get("conditions"), RUNNING, True, "PodsRunning", status["podName"])
             self._write(tj, {"phase": "Running", "conditions": conditions})
             return False
-        reason, message = state.reason or "PodsPending", state.message or "waiting for the pods to start"
+        reason, message = state.reason or PODS_PENDING[0], state.message or PODS_PENDING[1]
         if state.reason and (previous is None or previous["reason"] != reason):
             self.emit(tj, "Warning", reason, f"{status['podName']}: {message}")
         since = previous["lastTransitionTime"] if previous and previous["status"] == "False" else now()
@@ -274,40 +306,49 @@ class Reconciler:
         return active
 
     def _admit(self, tj: dict[str, Any], spec: TrainingJobSpec) -> bool:
-        """A waiting job: start it if the queue allows, else record its place."""
-        namespace, name = queue.key(tj)
+        """A waiting job: start it if the queue allows, else record its place. Only the choice is made under the
+        admission lock (in memory, from the indexes); the job's slot is then held in `_starting` while its
+        requests run outside it, so several jobs are admitted at once."""
+        job = namespace, name = queue.key(tj)
         attempt = int(_status(tj).get("attempts") or 0) + 1
         first = self.kube.get_pod(namespace, multinode.pod_names(name, attempt, spec.resources.nodes)[0])
         if first is not None and handover.owned_by(first, tj["metadata"]["uid"]):
             return self._start(tj, spec, attempt)  # started just before a restart lost the status write
         try:
-            config = self._prepare(tj, spec)
+            dataset = validation.dataset_resource(self.kube, namespace, spec)
+            config = self._prepare(tj, spec, dataset)
         except validation.InvalidJob as err:
             return self._invalid(tj, str(err), err.reason)
         with self._admission:
             tjs, owners = self._cluster_state()
             # Its own earlier pods, still running or terminating (resumed right after a suspend), hold its slot.
-            if (namespace, name) in owners or \
-                    (namespace, name) in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners):
+            admitted = job in owners or job in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners)
+            if admitted:
+                self._starting.add(job)
+            else:
+                place, running = queue.position(tjs, job), len(queue.busy(tjs, owners))
+        if admitted:
+            try:
                 self.kube.ensure_config_map(namespace, pods.config_map(tj, config))
-                return self._start(tj, spec, attempt)
-            place = queue.position(tjs, (namespace, name))
-            running = len(queue.busy(tjs, owners))
-            if _status(tj).get("phase") != "Queued":
-                self.emit(tj, "Normal", "Queued", f"waiting for one of {self.settings.max_concurrent_jobs} slots")
-            self._write(tj, {
-                "phase": "Queued",
-                "message": f"waiting for a free slot: {place} in the queue, {running} of "
-                           f"{self.settings.max_concurrent_jobs} running",
-                "conditions": set_condition(_status(tj).get("conditions"), "Admitted", False, "WaitingForSlot",
-                                            f"maxConcurrentJobs is {self.settings.max_concurrent_jobs}"),
-            })
+                return self._start(tj, spec, attempt, dataset=dataset)
+            finally:
+                with self._admission:
+                    self._starting.discard(job)
+        if _status(tj).get("phase") != "Queued":
+            self.emit(tj, "Normal", "Queued", f"waiting for one of {self.settings.max_concurrent_jobs} slots")
+        self._write(tj, {
+            "phase": "Queued",
+            "message": f"waiting for a free slot: {place} in the queue, {running} of "
+                       f"{self.settings.max_concurrent_jobs} running",
+            "conditions": set_condition(_status(tj).get("conditions"), "Admitted", False, "WaitingForSlot",
+                                        f"maxConcurrentJobs is {self.settings.max_concurrent_jobs}"),
+        })
         return False
 
-    def _prepare(self, tj: dict[str, Any], spec: TrainingJobSpec) -> Any:
-        """Checks that need the cluster or storage (once, before the first start)."""
+    def _prepare(self, tj: dict[str, Any], spec: TrainingJobSpec, dataset: dict[str, Any] | None) -> Any:
+        """Checks that need the cluster or storage (once, before the first start); `dataset`: the Dataset
+        resource the spec names, if any."""
         namespace = tj["metadata"]["namespace"]
-        dataset = validation.dataset_resource(self.kube, namespace, spec)
         for secret in {spec.storage.secret_name, validation.dataset_secret(spec, dataset)} - {None}:
             self.kube.secret_data(namespace, secret)  # exists and is opted in, before a pod gets it as env
         config = validation.trainer_config(spec, dataset)
@@ -317,7 +358,9 @@ class Reconciler:
         return config
 
     def _start(self, tj: dict[str, Any], spec: TrainingJobSpec, attempt: int, note: str = "",
-               extra: dict[str, Any] | None = None) -> bool:
+               extra: dict[str, Any] | None = None, dataset: object = _LOOKUP) -> bool:
+        """Create attempt `attempt`'s pods (once earlier ones are gone) and record it; `dataset`: the Dataset
+        resource when the caller has just read it."""
         meta, status = tj["metadata"], _status(tj)
         extra = extra or {}
         conditions = extra.get("conditions", status.get("conditions"))
@@ -329,7 +372,9 @@ class Reconciler:
             self.kube.delete_service(meta["namespace"], multinode.service_name(meta["name"], attempt - 1))
         run = status.get("runId") or pods.run_id(meta["namespace"], meta["name"], meta["uid"])
         uri = validation.storage_uri(spec, self.settings.storage)
-        dataset = validation.dataset_resource(self.kube, meta["namespace"], spec)
+        if dataset is _LOOKUP:
+            dataset = validation.dataset_resource(self.kube, meta["namespace"], spec)
+        assert dataset is None or isinstance(dataset, dict)
         members = multinode.pod_set(tj, spec, attempt, run, uri, self.settings,
                                     validation.dataset_secret(spec, dataset))
         if len(members) > 1:
@@ -339,6 +384,8 @@ class Reconciler:
             self.state.created(pod)  # busy at once, before the watch shows the pod
         names = [pod["metadata"]["name"] for pod in created]
         conditions = set_condition(handover.gone(conditions), "Admitted", True, "SlotAssigned", _pods_text(names))
+        # What the new pods' first event would write (they are Pending): one status write instead of two.
+        conditions = set_condition(conditions, RUNNING, False, *PODS_PENDING)
         resumed = "" if attempt == 1 else " (resumes from the latest checkpoint)"
         self.emit(tj, "Normal", "AttemptStarted", f"attempt {attempt}: {_pods_text(names)}{resumed}")
         self._write(tj, {

@@ -332,3 +332,17 @@ def test_bad_operator_flags_end_with_one_line(flags: list[str], words: str,
         Settings.parse(flags, environ={})
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and len(err.strip().splitlines()) == 1 and words in err
+
+
+def test_storage_clients_are_shared_per_credentials_and_endpoint() -> None:
+    from tunewright_operator import stores
+
+    env = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": "http://127.0.0.1:1"}
+    first = stores.s3_client(env)
+    assert stores.s3_client(dict(env)) is first  # a Secret read again gives the same client
+    rotated = stores.s3_client({**env, "AWS_SECRET_ACCESS_KEY": "t"})
+    elsewhere = stores.s3_client({**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:2"})
+    assert rotated is not first and elsewhere is not first
+    assert rotated._request_signer._credentials.secret_key == "t"
+    assert elsewhere.meta.endpoint_url == "http://127.0.0.1:2"
