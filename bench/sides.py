@@ -46,8 +46,9 @@ def tunewright_config(p: dict[str, Any], method: str, **extra: Any) -> TrainingC
 
 
 def run_tunewright(config: TrainingConfig, rows: list | Path, kind: Kind, hook: Hook, root_uri: str | None = None,
-                   modality: Modality = "text") -> Any:
-    """Import `rows` (or a JSONL file) as a dataset into a storage root (a temp dir by default), execute a Run."""
+                   modality: Modality = "text", before_run: Callable[[], None] = lambda: None) -> Any:
+    """Import `rows` (or a JSONL file) as a dataset into a storage root (a temp dir by default), execute a Run
+    (`before_run` is called just before it is created)."""
     import tunewright.training.run as run_module
 
     with tempfile.TemporaryDirectory(prefix="tunewright-bench-") as tmp:
@@ -63,6 +64,7 @@ def run_tunewright(config: TrainingConfig, rows: list | Path, kind: Kind, hook: 
 
         run_module.ObjectiveTrainer = Observed
         try:
+            before_run()
             return run_module.Run(config, root, display=False).execute()
         finally:
             run_module.ObjectiveTrainer = base
