@@ -171,8 +171,10 @@ class PreferenceJudge(TrainerCallback):
                 ids[row, :len(tokens)] = torch.tensor(tokens)
                 attention[row, :len(tokens)] = 1
                 completion[row, :len(mask)] = torch.tensor(mask)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            device = next(model.parameters()).device  # the GPU in `make bench-gpu`
+            ids, attention, completion = ids.to(device), attention.to(device), completion.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
             token_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-            out.append((token_logp * completion[:, 1:]).sum(-1))
+            out.append((token_logp * completion[:, 1:]).sum(-1).cpu())
         return torch.cat(out)

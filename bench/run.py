@@ -214,13 +214,19 @@ class Stores:
             self.s3[0].stop()
 
 
-def measure(comps: list[Comparison], reps: int, timeout: float, threads: int) -> None:
+def measure(comps: list[Comparison], reps: int, timeout: float, threads: int, budget: float | None = None) -> None:
+    """Run every comparison's sides `reps` times (a comparison's own `reps` when set); with `budget`, no
+    repetition after the first starts once that many seconds have passed."""
     base_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     stores = Stores()
+    began = time.perf_counter()
     try:
         for rep in range(max(c.reps or reps for c in comps)):
+            if rep and budget is not None and time.perf_counter() - began > budget:
+                print(f"  time budget ({budget:.0f} s) spent: stopping after {rep} repetition(s)", flush=True)
+                break
             for comp in comps:
                 total = comp.reps or reps
                 if rep >= total:
