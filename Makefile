@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-music test lint crds chart-crds tools control-plane bench bench-operator images image-tools images-test clean
+.PHONY: install demo demo-music test lint crds chart-crds tools control-plane bench bench-gpu bench-operator images image-tools images-test clean
 
 install: $(STAMP)
 
@@ -69,12 +69,19 @@ control-plane: .bin/.control-plane
 	elif [ -n "$$CI" ]; then echo "control-plane: no Go toolchain, which CI needs" >&2; exit 1; \
 	else echo "control-plane: no Go toolchain; the tests that need a cluster will skip"; fi
 
-# tunewright vs TRL / an encode-every-step MusicGen loop / no checkpoints, same model+data+hardware, each
-# side in its own process; table + bench/results.json, last line = key ratios. 7-12 min on 2 cores; not part
-# of `make test`. BENCH_REPS=n changes the repetitions (default 3); BENCH_ARGS="--only dpo,sft" picks
-# comparisons, BENCH_ARGS=--quick checks the plumbing with tiny models.
+# tunewright vs TRL (DPO at its defaults and with precompute_ref_log_probs) / an encode-every-step MusicGen
+# loop / no checkpoints (a local and a 200 ms-per-request S3), same model+data+hardware, each side in its own
+# process; table + bench/results.json, last line = key ratios (medians of per-repetition ratios). Not part of
+# `make test`. BENCH_REPS=n changes the repetitions (default 5; checkpoints 3); BENCH_ARGS="--only dpo,sft"
+# picks comparisons, BENCH_ARGS=--quick checks the plumbing with tiny models. `python -m bench.profiling`
+# profiles the DPO and SFT sides' steps.
 bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The DPO and SFT comparisons on a GPU in bf16 with a ~1B random-weight Llama, plus the MFU of LoRA SFT; one
+# call of <= 8 min on a lent GPU machine (bench/gpu.py). BENCH_ARGS=--tiny checks the plumbing on the CPU.
+bench-gpu: install
+	$(PY) -m bench.gpu $(BENCH_ARGS)
 
 # The operator at 100, 300 and 1,000 TrainingJobs (burst and stream, maxConcurrentJobs 50) on the tests' real
 # control plane; table + bench/operator-results.json, last line = key figures. 10-20 min on 2 shared cores; not part of

@@ -1,16 +1,21 @@
 """DPO: tunewright (`method: dpo`) vs TRL's DPOTrainer on the same PEFT model, pairs, batch and precision.
 
+TRL runs twice: at its defaults (the reference is scored inside every step) and with
+`precompute_ref_log_probs=True` (every training pair scored once inside `DPOTrainer.__init__`, before the
+first step), the configuration a user who knows TRL would pick for several epochs. tunewright scores each
+pair's reference in the first step that trains on it and caches it (training/reference.py).
+
 Measures steps/s (warm-up excluded) and the time until held-out preference accuracy reaches the target
-(judged by bench.measure.PreferenceJudge on pairs about subjects never trained on), counted from the moment
-each trainer exists (both tools have tokenized their data by then): so it includes each tool's setup inside
-the trainer, i.e. tunewright's reference pass, which scores every training pair once with the adapter
-disabled before the first step (TRL's default scores the reference in every step instead). `setup_s` is that
-part alone, and `train_seconds_to_target` the time spent in training steps.
+(judged by bench.measure.PreferenceJudge on pairs about subjects never trained on), counted from just before
+the trainer is built: `DPOTrainer(...)` for TRL (so its tokenization and precompute pass count), `Run(...)`
+for tunewright (so its dataset read, model load and tokenization count too). `setup_s` is the part before
+step 1, and `train_seconds_to_target` the time spent in training steps.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from typing import Any
 
 from bench import data
@@ -24,10 +29,11 @@ def _rows(p: dict[str, Any]) -> tuple[list, list]:
 
 
 def _observe(p: dict[str, Any], judge_pairs: list[tuple[Encoded, Encoded]], pad_id: int) -> tuple[Any, dict]:
+    """A hook for the trainer once built, and what it saw; set `seen["started"]` just before building it."""
     seen: dict[str, Any] = {}
 
     def hook(trainer: Any) -> None:
-        seen["clock"] = clock = StepClock(p["warmup"])
+        seen["clock"] = clock = StepClock(p["warmup"], started=seen["started"])
         seen["judge"] = judge = PreferenceJudge(judge_pairs, clock, p["judge_every"], p["target"],
                                                 p["precision"] == "bf16", pad_id,
                                                 min_steps=p["warmup"] + p["measure_steps"])
@@ -70,11 +76,23 @@ def tunewright(p: dict[str, Any]) -> dict[str, Any]:
 
     pairs = [(encode(r.prompt, r.chosen), encode(r.prompt, r.rejected)) for r in held_out]
     hook, seen = _observe(p, pairs, tokenizer.pad_token_id)
-    run_tunewright(tunewright_config(p, "dpo", dpo={"beta": p["beta"]}), train, "preference", hook)
+    run_tunewright(tunewright_config(p, "dpo", dpo={"beta": p["beta"]}), train, "preference", hook,
+                   before_run=lambda: seen.update(started=time.perf_counter()))
     return _result(seen, p)
 
 
 def trl(p: dict[str, Any]) -> dict[str, Any]:
+    """TRL's defaults: the reference scored in every step."""
+    return _trl(p, precompute=False)
+
+
+def trl_precompute(p: dict[str, Any]) -> dict[str, Any]:
+    """`precompute_ref_log_probs=True`: the reference scored once, inside `DPOTrainer.__init__`. Each child
+    gets an empty datasets cache (bench.run), so no run reuses another's precomputed file."""
+    return _trl(p, precompute=True)
+
+
+def _trl(p: dict[str, Any], precompute: bool) -> dict[str, Any]:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -90,7 +108,8 @@ def trl(p: dict[str, Any]) -> dict[str, Any]:
     hook, seen = _observe(p, pairs, tokenizer.pad_token_id)
     dataset = Dataset.from_list([r.model_dump() for r in train])
     with tempfile.TemporaryDirectory(prefix="trl-bench-") as out:
-        args = DPOConfig(**trl_common(p, out), beta=p["beta"])
+        args = DPOConfig(**trl_common(p, out), beta=p["beta"], precompute_ref_log_probs=precompute)
+        seen["started"] = time.perf_counter()
         trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config(p))
         hook(trainer)

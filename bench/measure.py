@@ -22,10 +22,11 @@ class StepClock(TrainerCallback):
     """Wall time of optimizer steps `warmup+1 .. last`, each step's duration, and how long the trainer spent
     between being built and its first step (setup: e.g. a reference pass)."""
 
-    def __init__(self, warmup: int):
+    def __init__(self, warmup: int, started: float | None = None):
         self.warmup = warmup
         self.paused = 0.0
-        self.built = self.now()  # the trainer exists: setup (tokenization, model load) is behind us
+        # When the clock starts: `started` (a perf_counter() taken before the trainer was built), or now.
+        self.built = self.now() if started is None else started
         self.first_step: float | None = None
         self.first_step_process_s: float | None = None  # wall seconds from process start to the first step
         self.window_start: float | None = None
@@ -170,8 +171,10 @@ class PreferenceJudge(TrainerCallback):
                 ids[row, :len(tokens)] = torch.tensor(tokens)
                 attention[row, :len(tokens)] = 1
                 completion[row, :len(mask)] = torch.tensor(mask)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            device = next(model.parameters()).device  # the GPU in `make bench-gpu`
+            ids, attention, completion = ids.to(device), attention.to(device), completion.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
             token_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-            out.append((token_logp * completion[:, 1:]).sum(-1))
+            out.append((token_logp * completion[:, 1:]).sum(-1).cpu())
         return torch.cat(out)

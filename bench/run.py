@@ -2,10 +2,13 @@
 hardware, in one run. Prints a table, writes bench/results.json, and ends with one line of key ratios.
 
 Every measurement runs in its own process (`bench.child`), so each side's peak RSS is its own (read with
-os.wait4). The two sides of a comparison alternate (A B, B A, A B, ...) over the repetitions, so drift in
-machine load hits both; figures are medians over repetitions and ratios are ratios of those medians.
+os.wait4). The sides of a comparison alternate (A B, B A, A B, ...) over the repetitions, so drift in
+machine load hits both; figures are medians over repetitions, and a ratio is the median of the
+per-repetition ratios (repetition i of one side against repetition i of the other), shown with their
+min–max. Where the other tool runs in more than one configuration, the headline ratio is against the
+faster one.
 
-    python -m bench.run [--reps 3] [--only dpo,sft,musicgen,ckpt] [--quick] [--out bench/results.json]
+    python -m bench.run [--reps 5] [--only dpo,sft,musicgen,ckpt,ckpt-slow] [--quick] [--out bench/results.json]
 """
 
 from __future__ import annotations
@@ -55,43 +58,36 @@ class Metric:
 class Comparison:
     name: str
     ours: Side
-    theirs: Side
+    theirs: Side  # the other tool at its defaults
     params: dict[str, Any]
     metrics: list[Metric]
-    needs_s3: bool = False
-    runs: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"ours": [], "theirs": []})
+    store: str = ""  # "s3": moto's server; "s3-slow": moto behind a proxy adding SLOW_STORE_S per request
+    alternatives: list[Side] = field(default_factory=list)  # more configurations of the other tool
+    reps: int | None = None  # repetitions when not the run's --reps
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for role in self.roles():
+            self.runs.setdefault(role, [])
+
+    def roles(self) -> list[str]:
+        """"ours", "theirs", then each alternative's case."""
+        return ["ours", "theirs", *(side.case for side in self.alternatives)]
+
+    def side(self, role: str) -> Side:
+        return {"ours": self.ours, "theirs": self.theirs, **{s.case: s for s in self.alternatives}}[role]
 
 
 def comparisons(quick: bool) -> list[Comparison]:
     text = {**TEXT, "model": "tiny-llama"} if quick else TEXT
     steps = (lambda full, short: short) if quick else (lambda full, short: full)
     rss = Metric("peak_rss_mb", "peak RSS", "MB", higher_is_better=False)
-    return [
-        Comparison(
-            "dpo", Side("tunewright dpo", "dpo.tunewright"), Side("TRL DPOTrainer", "dpo.trl"),
-            {**text, "steps": steps(27, 4), "warmup": steps(2, 1), "measure_steps": steps(4, 2), "lr": 5e-3,
-             "beta": 0.1, "judge_every": 2, "judge_pairs": steps(24, 8), "target": 0.9},
-            [Metric("steps_per_s", "steps/s", "1/s"), Metric("samples_per_s", "pairs/s", "1/s"),
-             Metric("setup_s", "s setup in trainer", "s", higher_is_better=False),
-             Metric("seconds_to_target", "s to held-out acc 0.9", "s", higher_is_better=False),
-             Metric("train_seconds_to_target", "  of which in steps", "s", higher_is_better=False),
-             Metric("steps_to_target", "steps to acc 0.9", "", compared=False), rss]),
-        Comparison(
-            "sft", Side("tunewright sft", "sft.tunewright"), Side("TRL SFTTrainer", "sft.trl"),
-            {**text, "steps": steps(10, 3), "warmup": steps(2, 1), "lr": 2e-4},
-            [Metric("samples_per_s", "samples/s", "1/s"), Metric("tokens_per_s", "tokens/s", "1/s"), rss]),
-        Comparison(
-            "musicgen", Side("tunewright (cached)", "musicgen.tunewright"),
-            Side("encode every step", "musicgen.baseline"),
-            {"model": "musicgen-small, widths / 4", "batch": 2, "precision": "fp32", "rank": 16, "lr": 2e-4,
-             "steps": steps(10, 3), "warmup": steps(2, 1), "seconds": steps(2.0, 0.5), "prompts": 22, "per_prompt": 1},
-            [Metric("steps_per_s", "steps/s", "1/s"),
-             Metric("seconds_to_first_step", "s from start to step 1", "s", higher_is_better=False),
-             Metric("encoder_share", "encoders' share of step", "", compared=False), rss]),
-        Comparison(
-            "ckpt", Side("S3 checkpoint every K", "ckpt.with_checkpoints"), Side("no checkpoints", "ckpt.without"),
+
+    def ckpt(name: str, store: str, reps: int | None) -> Comparison:
+        return Comparison(
+            name, Side("S3 checkpoint every K", "ckpt.with_checkpoints"), Side("no checkpoints", "ckpt.without"),
             {**text, "steps": steps(34, 6), "warmup": steps(5, 1), "every": steps(10, 2), "lr": 2e-4,
-             "per_prompt": 11},
+             "per_prompt": 11, "store": store},
             [Metric("steps_per_s", "steps/s (window mean)", "1/s"),
              Metric("step_s", "median step", "s", higher_is_better=False),
              Metric("excess_s_per_position", "s extra after K-th step", "s", compared=False),
@@ -100,7 +96,35 @@ def comparisons(quick: bool) -> list[Comparison]:
              Metric("upload_s_per_checkpoint", "s per ckpt (bg upload)", "s", compared=False),
              Metric("upload_cpu_s_per_checkpoint", "CPU s per ckpt (upload)", "s", compared=False),
              Metric("parent_cpu_s", "S3 server CPU s (run)", "s", compared=False)],
-            needs_s3=True),
+            store=store, reps=reps)
+
+    return [
+        Comparison(
+            "dpo", Side("tunewright dpo", "dpo.tunewright"), Side("TRL DPOTrainer defaults", "dpo.trl"),
+            {**text, "steps": steps(27, 4), "warmup": steps(2, 1), "measure_steps": steps(4, 2), "lr": 5e-3,
+             "beta": 0.1, "judge_every": 2, "judge_pairs": steps(24, 8), "target": 0.9},
+            [Metric("steps_per_s", "steps/s", "1/s"), Metric("mean_steps_per_s", "steps/s (window mean)", "1/s"),
+             Metric("samples_per_s", "pairs/s", "1/s"),
+             Metric("setup_s", "s before step 1", "s", higher_is_better=False),
+             Metric("seconds_to_target", "s to held-out acc 0.9", "s", higher_is_better=False),
+             Metric("train_seconds_to_target", "  of which in steps", "s", higher_is_better=False),
+             Metric("steps_to_target", "steps to acc 0.9", "", compared=False), rss],
+            alternatives=[Side("TRL precompute_ref_log_probs", "dpo.trl_precompute")]),
+        Comparison(
+            "sft", Side("tunewright sft", "sft.tunewright"), Side("TRL SFTTrainer", "sft.trl"),
+            {**text, "steps": steps(10, 3), "warmup": steps(2, 1), "lr": 2e-4},
+            [Metric("samples_per_s", "samples/s", "1/s"), Metric("mean_steps_per_s", "steps/s (window mean)", "1/s"),
+             Metric("tokens_per_s", "tokens/s", "1/s"), rss]),
+        Comparison(
+            "musicgen", Side("tunewright (cached)", "musicgen.tunewright"),
+            Side("encode every step", "musicgen.baseline"),
+            {"model": "musicgen-small, widths / 4", "batch": 2, "precision": "fp32", "rank": 16, "lr": 2e-4,
+             "steps": steps(10, 3), "warmup": steps(2, 1), "seconds": steps(2.0, 0.5), "prompts": 22, "per_prompt": 1},
+            [Metric("steps_per_s", "steps/s", "1/s"), Metric("mean_steps_per_s", "steps/s (window mean)", "1/s"),
+             Metric("seconds_to_first_step", "s from start to step 1", "s", higher_is_better=False),
+             Metric("encoder_share", "encoders' share of step", "", compared=False), rss]),
+        ckpt("ckpt", "s3", 3),
+        ckpt("ckpt-slow", "s3-slow", 3),
     ]
 
 
@@ -112,6 +136,7 @@ def run_child(case: str, params: dict[str, Any], env: dict[str, str], timeout: f
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         result_path, log_path = Path(tmp) / "result.json", Path(tmp) / "log.txt"
         began, parent_cpu = time.perf_counter(), time.process_time()
+        env = {**env, "HF_DATASETS_CACHE": str(Path(tmp) / "datasets")}  # nothing cached by an earlier child
         with log_path.open("w") as log:
             proc = subprocess.Popen([sys.executable, "-m", "bench.child", case, json.dumps(params), str(result_path)],
                                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -132,6 +157,9 @@ def run_child(case: str, params: dict[str, Any], env: dict[str, str], timeout: f
             "parent_cpu_s": time.process_time() - parent_cpu}
 
 
+SLOW_STORE_S = 0.2  # seconds the fault proxy adds to every S3 request of the "s3-slow" store
+
+
 def start_s3() -> tuple[Any, dict[str, str]]:
     """moto's S3 server in this (otherwise idle) process, as the tests use it; the env children need."""
     import boto3
@@ -150,27 +178,67 @@ def start_s3() -> tuple[Any, dict[str, str]]:
     return server, env
 
 
-def measure(comps: list[Comparison], reps: int, timeout: float, threads: int) -> None:
+def start_slow_proxy(endpoint: str) -> Any:
+    """The tests' S3 fault proxy (tests/support/s3.py) in front of `endpoint`, adding SLOW_STORE_S to every
+    request, as a distant or throttled store would."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from support.s3 import FaultProxy
+
+    proxy = FaultProxy(endpoint)
+    proxy.latency = SLOW_STORE_S
+    return proxy
+
+
+class Stores:
+    """The S3 endpoints comparisons ask for, started on first use and stopped at the end."""
+
+    def __init__(self) -> None:
+        self.s3: tuple[Any, dict[str, str]] | None = None
+        self.proxy: Any = None
+
+    def env(self, store: str) -> dict[str, str]:
+        if not store:
+            return {}
+        if self.s3 is None:
+            self.s3 = start_s3()
+        if store == "s3":
+            return self.s3[1]
+        if self.proxy is None:
+            self.proxy = start_slow_proxy(self.s3[1]["AWS_ENDPOINT_URL"])
+        return {**self.s3[1], "AWS_ENDPOINT_URL": self.proxy.endpoint}
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
+        if self.s3 is not None:
+            self.s3[0].stop()
+
+
+def measure(comps: list[Comparison], reps: int, timeout: float, threads: int, budget: float | None = None) -> None:
+    """Run every comparison's sides `reps` times (a comparison's own `reps` when set); with `budget`, no
+    repetition after the first starts once that many seconds have passed."""
     base_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    s3 = None
+    stores = Stores()
+    began = time.perf_counter()
     try:
-        for rep in range(reps):
+        for rep in range(max(c.reps or reps for c in comps)):
+            if rep and budget is not None and time.perf_counter() - began > budget:
+                print(f"  time budget ({budget:.0f} s) spent: stopping after {rep} repetition(s)", flush=True)
+                break
             for comp in comps:
-                env = base_env
-                if comp.needs_s3:
-                    if s3 is None:
-                        s3 = start_s3()
-                    env = {**base_env, **s3[1]}
-                order = [("ours", comp.ours), ("theirs", comp.theirs)]
+                total = comp.reps or reps
+                if rep >= total:
+                    continue
+                env = {**base_env, **stores.env(comp.store)}
+                order = [(role, comp.side(role)) for role in comp.roles()]
                 for role, side in order if rep % 2 == 0 else order[::-1]:
                     result = run_child(side.case, comp.params, env, timeout)
                     comp.runs[role].append(result)
-                    print(f"  rep {rep + 1}/{reps} {comp.name:9s} {side.label:24s} {brief(result)}", flush=True)
+                    print(f"  rep {rep + 1}/{total} {comp.name:9s} {side.label:29s} {brief(result)}", flush=True)
     finally:
-        if s3 is not None:
-            s3[0].stop()
+        stores.stop()
 
 
 def brief(result: dict[str, Any]) -> str:
@@ -179,6 +247,7 @@ def brief(result: dict[str, Any]) -> str:
     if result.get("available") is False:
         return "not available"
     shown = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    shown = dict(list(shown.items())[:8])
     return " ".join(f"{k}={v:.3g}" for k, v in shown.items())
 
 
@@ -202,18 +271,28 @@ def available(runs: list[dict[str, Any]]) -> tuple[bool, str]:
     return bool(runs), ""
 
 
-KEY_RATIOS = {  # name: (comparison, metric, how: of the two sides' medians)
-    "dpo_speedup": ("dpo", "steps_per_s", "ours/theirs"),
-    "dpo_time_to_acc_speedup": ("dpo", "seconds_to_target", "theirs/ours"),
-    "sft_speedup": ("sft", "samples_per_s", "ours/theirs"),
-    "musicgen_speedup": ("musicgen", "steps_per_s", "ours/theirs"),
+# name: (comparison, metric, how, against) where `how` combines one repetition of each side and `against` is
+# "theirs" (the other tool's defaults) or "best" (whichever of its configurations gives the lowest ratio).
+KEY_RATIOS = {
+    "dpo_speedup": ("dpo", "steps_per_s", "ours/theirs", "best"),
+    "dpo_speedup_vs_default": ("dpo", "steps_per_s", "ours/theirs", "theirs"),
+    "dpo_time_to_acc_speedup": ("dpo", "seconds_to_target", "theirs/ours", "best"),
+    "sft_speedup": ("sft", "samples_per_s", "ours/theirs", "theirs"),
+    "musicgen_speedup": ("musicgen", "steps_per_s", "ours/theirs", "theirs"),
+    # What caching the encoders can give at most: 1 / (1 − the encoders' share of a baseline step).
+    "musicgen_ceiling": ("musicgen", "encoder_share", "ceiling", "theirs"),
     # Each run measured against itself, then with minus without (see bench/ckpt.py): not steps/s across
     # processes, which moves by more than the overhead with the load other work puts on the cores.
-    "ckpt_overhead": ("ckpt", "interval_cost", "ours-theirs"),
+    "ckpt_overhead": ("ckpt", "interval_cost", "ours-theirs", "theirs"),
+    "ckpt_overhead_slow_store": ("ckpt-slow", "interval_cost", "ours-theirs", "theirs"),
 }
+DERIVED = {"musicgen_of_ceiling": ("musicgen_speedup", "musicgen_ceiling")}  # per repetition, a / b
 
-TARGETS = {"dpo_speedup": (">=", 1.5), "sft_speedup": (">=", 1.0), "musicgen_speedup": (">=", 3.0),
-           "ckpt_overhead": ("<=", 0.05)}
+TARGETS = {"dpo_speedup": (">=", 1.5), "dpo_time_to_acc_speedup": (">=", 1.2), "sft_speedup": (">=", 1.3),
+           "musicgen_of_ceiling": (">=", 0.95), "ckpt_overhead": ("<=", 0.05),
+           "ckpt_overhead_slow_store": ("<=", 0.10)}
+LAST_LINE = ["dpo_speedup", "dpo_speedup_vs_default", "dpo_time_to_acc_speedup", "sft_speedup", "musicgen_speedup",
+             "musicgen_ceiling", "ckpt_overhead", "ckpt_overhead_slow_store"]
 
 
 def combine(ours: float | None, theirs: float | None, how: str) -> float | None:
@@ -223,29 +302,61 @@ def combine(ours: float | None, theirs: float | None, how: str) -> float | None:
         return ratio(theirs, ours)
     if how == "ours-theirs":
         return None if ours is None or theirs is None else ours - theirs
+    if how == "ceiling":
+        return None if theirs is None or theirs >= 1 else 1 / (1 - theirs)
     raise ValueError(f"unknown combination {how!r}")
 
 
+def per_rep(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str, how: str) -> list[float]:
+    """The combination of repetition i of each side, for every i where both have the figure."""
+    values = [combine(a.get(key), b.get(key), how) for a, b in zip(ours, theirs, strict=False)]
+    return [v for v in values if v is not None]
+
+
+def spread(values: list[float]) -> dict[str, Any] | None:
+    """Median, min, max (and the values) of per-repetition ratios."""
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
+            "values": values}
+
+
 def summarise(comps: list[Comparison]) -> dict[str, Any]:
-    out: dict[str, Any] = {"comparisons": {}, "ratios": {}, "targets": {}}
+    out: dict[str, Any] = {"comparisons": {}, "ratios": {}, "spread": {}, "against": {}, "targets": {}}
     by_name = {c.name: c for c in comps}
     for comp in comps:
-        ok = [available(comp.runs["ours"]), available(comp.runs["theirs"])]
-        medians = {role: {m.key: median(comp.runs[role], m.key) for m in comp.metrics} for role in comp.runs}
+        ok = [available(comp.runs[role]) for role in comp.roles()]
         out["comparisons"][comp.name] = {
             "ours": comp.ours.label, "theirs": comp.theirs.label, "params": comp.params,
+            "labels": {role: comp.side(role).label for role in comp.roles()},
             "available": all(a for a, _ in ok), "why_not": "; ".join(w for _, w in ok if w),
-            "medians": medians, "runs": comp.runs,
+            "medians": {role: {m.key: median(comp.runs[role], m.key) for m in comp.metrics} for role in comp.roles()},
+            "ratios": {role: {m.key: spread(per_rep(comp.runs["ours"], comp.runs[role], m.key,
+                                                    "ours/theirs" if m.higher_is_better else "theirs/ours"))
+                              for m in comp.metrics if m.compared} for role in comp.roles()[1:]},
+            "runs": comp.runs,
         }
-    for name, (comp_name, key, how) in KEY_RATIOS.items():
+    for name, (comp_name, key, how, against) in KEY_RATIOS.items():
         comp = by_name.get(comp_name)
-        value = None
+        result, role = None, None
         if comp is not None and out["comparisons"][comp_name]["available"]:
+            candidates = comp.roles()[1:] if against == "best" else ["theirs"]
             med = out["comparisons"][comp_name]["medians"]
-            value = combine(med["ours"][key], med["theirs"][key], how)
-        out["ratios"][name] = value
+            # The other tool's configuration that is faster on this figure: the lowest ratio of medians.
+            role = min(candidates, key=lambda r: combine(med["ours"].get(key), med[r].get(key), how) or float("inf"))
+            result = spread(per_rep(comp.runs["ours"], comp.runs[role], key, how))
+        out["spread"][name] = result
+        out["against"][name] = None if role is None else comp.side(role).label  # type: ignore[union-attr]
+    for name, (a, b) in DERIVED.items():
+        sa, sb = out["spread"][a], out["spread"][b]
+        out["spread"][name] = spread([x / y for x, y in zip(sa["values"], sb["values"], strict=False)]) \
+            if sa and sb else None
+        out["against"][name] = out["against"][a]
+    for name, s in out["spread"].items():
+        out["ratios"][name] = None if s is None else s["median"]
         if name in TARGETS:
             op, bound = TARGETS[name]
+            value = out["ratios"][name]
             met = None if value is None else (value >= bound if op == ">=" else value <= bound)
             out["targets"][name] = {"target": f"{op} {bound:g}", "met": met}
     return out
@@ -257,19 +368,33 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
+def fmt_spread(s: dict[str, Any] | None, suffix: str = "x") -> str:
+    if s is None:
+        return ""
+    return f"{fmt(s['median'])}{suffix} ({fmt(s['min'])}–{fmt(s['max'])})"
+
+
 def table(comps: list[Comparison], summary: dict[str, Any]) -> str:
-    lines = [f"{'comparison':10s} {'metric':24s} {'tunewright':>14s} {'other':>14s} {'ratio':>7s}  other side"]
+    lines = [f"{'comparison':10s} {'metric':24s} {'tunewright':>11s} {'other':>11s} {'ratio (min–max)':>22s}  "
+             "other side"]
     for comp in comps:
         info = summary["comparisons"][comp.name]
         if not info["available"]:
             lines.append(f"{comp.name:10s} not available: {info['why_not']}")
             continue
-        for m in comp.metrics:
-            ours, theirs = info["medians"]["ours"][m.key], info["medians"]["theirs"][m.key]
-            r = ratio(ours, theirs) if m.higher_is_better else ratio(theirs, ours)
-            shown = f"{fmt(r)}x" if m.compared and r is not None else ""
-            lines.append(f"{comp.name:10s} {m.label:24s} {fmt(ours):>14s} {fmt(theirs):>14s} "
-                         f"{shown:>7s}  {comp.theirs.label}")
+        for role in comp.roles()[1:]:
+            for m in comp.metrics:
+                if role != "theirs" and not m.compared:
+                    continue
+                ours, theirs = info["medians"]["ours"][m.key], info["medians"][role][m.key]
+                shown = fmt_spread(info["ratios"][role].get(m.key)) if m.compared else ""
+                lines.append(f"{comp.name:10s} {m.label:24s} {fmt(ours):>11s} {fmt(theirs):>11s} "
+                             f"{shown:>22s}  {comp.side(role).label}")
+    lines.append("")
+    for name, s in summary["spread"].items():
+        if s is not None:
+            against = summary["against"].get(name)
+            lines.append(f"{name:26s} {fmt_spread(s, '') :>26s}  n={s['n']}" + (f"  vs {against}" if against else ""))
     return "\n".join(lines)
 
 
@@ -295,13 +420,15 @@ def verdict(met: bool | None) -> str:
 
 
 def final_line(summary: dict[str, Any]) -> str:
-    return " ".join(f"{k}={'n/a' if v is None else f'{v:.2f}'}" for k, v in summary["ratios"].items())
+    values = summary["ratios"]
+    return " ".join(f"{k}={'n/a' if values.get(k) is None else f'{values[k]:.2f}'}" for k in LAST_LINE)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS", "3")))
-    p.add_argument("--only", default="", help="comma-separated comparisons (dpo, sft, musicgen, ckpt)")
+    p.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS", "5")),
+                   help="repetitions (default 5; the checkpoint comparisons run 3 unless --reps is lower)")
+    p.add_argument("--only", default="", help="comma-separated comparisons (dpo, sft, musicgen, ckpt, ckpt-slow)")
     p.add_argument("--quick", action="store_true", help="tiny models and a few steps (plumbing check)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement process")
@@ -310,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                         "wait on each other and step times vary 2-6x)")
     args = p.parse_args(argv)
     comps = comparisons(args.quick)
+    for comp in comps:
+        comp.reps = min(comp.reps or args.reps, args.reps)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {c.name for c in comps}

@@ -46,8 +46,9 @@ def tunewright_config(p: dict[str, Any], method: str, **extra: Any) -> TrainingC
 
 
 def run_tunewright(config: TrainingConfig, rows: list | Path, kind: Kind, hook: Hook, root_uri: str | None = None,
-                   modality: Modality = "text") -> Any:
-    """Import `rows` (or a JSONL file) as a dataset into a storage root (a temp dir by default), execute a Run."""
+                   modality: Modality = "text", before_run: Callable[[], None] = lambda: None) -> Any:
+    """Import `rows` (or a JSONL file) as a dataset into a storage root (a temp dir by default), execute a Run
+    (`before_run` is called just before it is created)."""
     import tunewright.training.run as run_module
 
     with tempfile.TemporaryDirectory(prefix="tunewright-bench-") as tmp:
@@ -63,6 +64,7 @@ def run_tunewright(config: TrainingConfig, rows: list | Path, kind: Kind, hook: 
 
         run_module.ObjectiveTrainer = Observed
         try:
+            before_run()
             return run_module.Run(config, root, display=False).execute()
         finally:
             run_module.ObjectiveTrainer = base
@@ -79,10 +81,11 @@ def trl_model(p: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def trl_common(p: dict[str, Any], output_dir: str) -> dict[str, Any]:
-    """TRL defaults, except: CPU (use_cpu), the precision both tools use, no activation checkpointing (TRL
-    turns it on by default; it only slows small models and tunewright does not use it), and the run's
+    """TRL defaults, except: CPU (use_cpu; not in `make bench-gpu`), the precision both tools use, no
+    activation checkpointing (TRL turns it on by default; it only slows small models and tunewright does not
+    use it), and the run's
     steps/batch/lr/length. Progress bars and reporting integrations off, as in tunewright."""
-    return {"output_dir": output_dir, "use_cpu": True, "bf16": p["precision"] == "bf16",
+    return {"output_dir": output_dir, "use_cpu": not p.get("gpu", False), "bf16": p["precision"] == "bf16",
             "activation_checkpointing": False, "max_steps": p["steps"], "per_device_train_batch_size": p["batch"],
             "learning_rate": p["lr"], "max_length": p["max_length"], "report_to": [], "disable_tqdm": True,
             "seed": 42}

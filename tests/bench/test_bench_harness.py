@@ -24,9 +24,11 @@ def comparison(name: str, ours: list[dict], theirs: list[dict]) -> Comparison:
     return comp
 
 
-def test_ratios_are_ratios_of_medians_and_missing_sides_are_reported() -> None:
+def test_ratios_are_medians_of_per_repetition_ratios_against_the_faster_configuration() -> None:
     dpo = comparison("dpo", [{"steps_per_s": s, "seconds_to_target": t} for s, t in ((3, 10), (2, 30), (100, 20))],
                      [{"steps_per_s": s, "seconds_to_target": t} for s, t in ((1, 40), (1.5, 50), (1, None))])
+    dpo.alternatives = [Side("other, precomputed", "dpo.c")]
+    dpo.runs["dpo.c"] = [{"steps_per_s": s, "seconds_to_target": t} for s, t in ((2, 12), (2, 15), (2, 60))]
     musicgen = comparison("musicgen", [{"available": False, "reason": "method 'x' is not available"}],
                           [{"steps_per_s": 1.0}])
     ckpt = Comparison("ckpt", Side("with", "ckpt.a"), Side("without", "ckpt.b"), {},
@@ -36,16 +38,37 @@ def test_ratios_are_ratios_of_medians_and_missing_sides_are_reported() -> None:
 
     summary = summarise([dpo, musicgen, ckpt])
 
-    assert summary["ratios"]["dpo_speedup"] == pytest.approx(3 / 1)  # medians 3 and 1: outliers do not count
-    assert summary["ratios"]["dpo_time_to_acc_speedup"] == pytest.approx(45 / 20)  # None is skipped
-    assert summary["ratios"]["ckpt_overhead"] == pytest.approx(0.06 - (-0.005))  # with minus without, medians
+    # Against the faster configuration (steps/s median 2 beats 1): per-repetition 3/2, 2/2, 100/2.
+    assert summary["ratios"]["dpo_speedup"] == pytest.approx(1.5)
+    assert summary["spread"]["dpo_speedup"] | {"values": None} == {"median": 1.5, "min": 1.0, "max": 50.0, "n": 3,
+                                                                    "values": None}
+    assert summary["against"]["dpo_speedup"] == "other, precomputed"
+    assert summary["ratios"]["dpo_speedup_vs_default"] == pytest.approx(3.0)  # 3/1, 2/1.5, 100/1
+    # Time: the precomputed configuration is faster here too (median 15 s vs 45 s): 12/10, 15/30, 60/20.
+    assert summary["ratios"]["dpo_time_to_acc_speedup"] == pytest.approx(1.2)
+    assert summary["ratios"]["ckpt_overhead"] == pytest.approx((0.06 + 0.06) / 2)  # with minus without, per rep
     assert summary["ratios"]["musicgen_speedup"] is None
     assert summary["targets"]["dpo_speedup"]["met"] is True
+    assert summary["targets"]["dpo_time_to_acc_speedup"]["met"] is True
     assert summary["targets"]["ckpt_overhead"]["met"] is False
-    assert summary["targets"]["musicgen_speedup"]["met"] is None
-    assert "musicgen   not available: method 'x' is not available" in table([dpo, musicgen, ckpt], summary)
-    assert final_line(summary) == ("dpo_speedup=3.00 dpo_time_to_acc_speedup=2.25 sft_speedup=n/a "
-                                   "musicgen_speedup=n/a ckpt_overhead=0.07")
+    assert summary["targets"]["musicgen_of_ceiling"]["met"] is None
+    text = table([dpo, musicgen, ckpt], summary)
+    assert "musicgen   not available: method 'x' is not available" in text
+    assert "1.5x (1–50)" in text
+    assert final_line(summary) == ("dpo_speedup=1.50 dpo_speedup_vs_default=3.00 dpo_time_to_acc_speedup=1.20 "
+                                   "sft_speedup=n/a musicgen_speedup=n/a musicgen_ceiling=n/a ckpt_overhead=0.06 "
+                                   "ckpt_overhead_slow_store=n/a")
+
+
+def test_musicgen_ceiling_is_one_over_the_baselines_non_encoder_share_per_repetition() -> None:
+    musicgen = Comparison("musicgen", Side("cached", "musicgen.a"), Side("encode", "musicgen.b"), {},
+                          [Metric("steps_per_s", "steps/s", "1/s"),
+                           Metric("encoder_share", "share", "", compared=False)])
+    musicgen.runs = {"ours": [{"steps_per_s": s} for s in (1.2, 1.25, 1.1)],
+                     "theirs": [{"steps_per_s": 1.0, "encoder_share": e} for e in (0.2, 0.2, 0.0)]}
+    summary = summarise([musicgen])
+    assert summary["ratios"]["musicgen_ceiling"] == pytest.approx(1.25)
+    assert summary["ratios"]["musicgen_of_ceiling"] == pytest.approx(1.0)  # 1.2/1.25, 1.25/1.25, 1.1/1
 
 
 def test_quick_sft_comparison_runs_both_sides_in_their_own_processes(tmp_path: Path) -> None:
@@ -54,8 +77,9 @@ def test_quick_sft_comparison_runs_both_sides_in_their_own_processes(tmp_path: P
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"dpo_speedup=n/a dpo_time_to_acc_speedup=n/a sft_speedup=\d+\.\d\d "
-                        r"musicgen_speedup=n/a ckpt_overhead=n/a", last), last
+    assert re.fullmatch(r"dpo_speedup=n/a dpo_speedup_vs_default=n/a dpo_time_to_acc_speedup=n/a "
+                        r"sft_speedup=\d+\.\d\d musicgen_speedup=n/a musicgen_ceiling=n/a ckpt_overhead=n/a "
+                        r"ckpt_overhead_slow_store=n/a", last), last
     results = json.loads(out.read_text())
     sft = results["comparisons"]["sft"]
     assert sft["available"]

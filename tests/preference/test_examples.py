@@ -134,7 +134,10 @@ class LengthFamily:
     name = "length"
 
     def encode(self, prompt: str, sample: str) -> dict[str, Any]:
-        return {"ids": [ord(c) for c in sample]}
+        return {"ids": [ord(c) for c in sample if c != "x"]}
+
+    def sample_tokens(self, encoded: dict[str, Any]) -> int:
+        return len(encoded["ids"])
 
     def collate(self, encoded: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return {"n": torch.tensor([len(e["ids"]) for e in encoded])}
@@ -146,41 +149,60 @@ class LengthFamily:
 
 
 def stub_trainer(model: CountingReference) -> Any:
-    return SimpleNamespace(model=model, args=SimpleNamespace(per_device_eval_batch_size=2),
-                           _prepare_inputs=lambda b: b,
-                           accelerator=SimpleNamespace(autocast=contextlib.nullcontext, state=PartialState()),
-                           is_world_process_zero=lambda: True)
+    return SimpleNamespace(model=model, add_callback=lambda cb: None,
+                           accelerator=SimpleNamespace(autocast=contextlib.nullcontext, state=PartialState()))
 
 
-def test_reference_scores_are_cached_with_the_run_and_reused(tmp_path: Path) -> None:
-    run_dir = open_storage(f"file://{tmp_path}/runs/r1")
+def test_reference_scores_are_computed_when_first_met_cached_and_restored_from_a_checkpoint(tmp_path: Path) -> None:
     fam = LengthFamily()
 
     def datasets() -> list[list[dict[str, Any]]]:
         enc = fam.encode
-        return [[{"samples": [enc("p", "aaa"), enc("p", "b")]}, {"samples": [enc("p", "cc"), enc("p", "")]}],
+        return [[{"samples": [enc("p", "aaa"), enc("p", "b")]}, {"samples": [enc("p", "cc"), enc("p", "ffffff")]}],
                 [{"samples": [enc("q", "dddd"), enc("q", "ee")]}]]
 
+    def batch(examples: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        flat = [s for e in examples for s in e["samples"]]
+        return fam.collate(flat), torch.tensor([i for e in examples for i in e["ids"]])
+
     first, model = datasets(), CountingReference()
+    scores = reference.attach(stub_trainer(model), first, fam, {"baseModel": "m"})
+    assert [e["ids"] for ds in first for e in ds] == [[0, 1], [2, 3], [4, 5]]  # training samples first
+    assert model.calls == 0  # nothing is scored before training
     before = reference.reference_batches
-    removed = reference.attach(stub_trainer(model), first, fam, run_dir, {"baseModel": "m"})
-    assert (model.calls, reference.reference_batches - before) == (3, 3)  # 6 samples, batches of 2
+    assert scores.scores(*batch(first[0][:1])).tolist() == [-3.0, -1.0]
+    assert (model.calls, reference.reference_batches - before) == (1, 1)
     assert model.training  # training mode restored
-    assert removed == 1  # the pair with an empty sample is skipped, in place
-    assert [e["ref"] for e in first[0]] == [[-3.0, -1.0]]
-    assert [e["ref"] for e in first[1]] == [[-4.0, -2.0]]
-    assert [k.split("/")[0] for k in run_dir.list()] == ["reference"]
+    assert not scores.train_complete
+    # A batch of a known and a new example scores only the new one's samples, in one forward.
+    assert scores.scores(*batch(first[0][::-1])).tolist() == [-2.0, -6.0, -3.0, -1.0]
+    assert (model.calls, scores.scored) == (2, 4) and scores.train_complete
+    scores.scores(*batch(first[0]))  # a later epoch
+    assert model.calls == 2
+    scores.save(tmp_path)
 
     again, model = datasets(), CountingReference()
-    reference.attach(stub_trainer(model), again, fam, run_dir, {"baseModel": "m"})
-    assert model.calls == 0
-    assert [e["ref"] for ds in again for e in ds] == [[-3.0, -1.0], [-4.0, -2.0]]
+    resumed = reference.attach(stub_trainer(model), again, fam, {"baseModel": "m"})
+    resumed.restore(tmp_path)
+    assert resumed.scores(*batch(again[0])).tolist() == [-3.0, -1.0, -2.0, -6.0]
+    assert model.calls == 0  # a resume scores nothing it has
+    assert resumed.scores(*batch(again[1])).tolist() == [-4.0, -2.0] and model.calls == 1
 
-    # Another base model (or other data, tokenization, max length) is another key: scored afresh.
-    model = CountingReference()
-    reference.attach(stub_trainer(model), datasets(), fam, run_dir, {"baseModel": "other"})
-    assert model.calls == 3
-    assert len(run_dir.list("reference")) == 2
+    # Another base model (or other data, tokenization, max length) is another key: the checkpoint's are not used.
+    third, model = datasets(), CountingReference()
+    other = reference.attach(stub_trainer(model), third, fam, {"baseModel": "other"})
+    other.restore(tmp_path)
+    other.scores(*batch(third[0]))
+    assert model.calls == 1
+
+
+def test_pairs_and_lists_with_an_empty_sample_are_skipped() -> None:
+    fam = LengthFamily()  # "x" encodes to nothing, like a clip too short for one frame
+    pairs = objective_for("dpo").examples([PreferenceRow(prompt="p", chosen="a", rejected="bb"),
+                                           PreferenceRow(prompt="q", chosen="a", rejected="xx")], fam, config())
+    assert [[len(s["ids"]) for s in e["samples"]] for e in pairs] == [[1, 2]]
+    lists = objective_for("ranking").examples([RankedRow(prompt="p", completions=["a", "xx", "bb"])], fam, config())
+    assert [[len(s["ids"]) for s in e["samples"]] for e in lists] == [[1, 2]]
 
 
 def test_examples_without_reference_scores_are_refused_by_collate() -> None:

@@ -29,6 +29,9 @@ class Family(Protocol):
     def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Tokens the model processed for this batch (throughput accounting)."""
 
+    def sample_tokens(self, encoded: dict[str, Any]) -> int:
+        """The token count `sequence_logprobs` gives one `encode` output, without running a model."""
+
 
 class CausalLMFamily:
     """Decoder-only language models: `[bos] prompt sample [eos]`, loss on the sample tokens only."""
@@ -77,3 +80,6 @@ class CausalLMFamily:
 
     def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())
+
+    def sample_tokens(self, encoded: dict[str, Any]) -> int:
+        return sum(encoded["sample_mask"][1:])  # the first token is never predicted

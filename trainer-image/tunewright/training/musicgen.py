@@ -250,6 +250,9 @@ class MusicgenFamily:
     def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"] != self.pad_id).sum())
 
+    def sample_tokens(self, encoded: dict[str, Any]) -> int:
+        return int((encoded["labels"] != self.pad_id).sum())
+
     def _check_frozen(self, model: Any) -> None:
         """Cached encodings are only valid while the text encoder and codec are frozen."""
         trained = [name for name, p in model.named_parameters() if p.requires_grad

@@ -1,37 +1,45 @@
-"""Reference log-probabilities for DPO and ranking: the base model (the adapter disabled, no second copy)
-scores every sample once before training; the scores are cached in the run directory
-(`runs/<run-id>/reference/<key>.pt`) so a retried or resumed run reuses them instead of scoring again.
+"""Reference log-probabilities for DPO and ranking, computed lazily and cached per sample for the run.
 
-The key hashes the encoded samples themselves (which covers the dataset's content, the split, the
-tokenizer/processor and max length, exactly as the model sees them) together with the base model
-reference, its revision and commit, the family and the compute precision. TRL does the same with a
-datasets cache file keyed by data and model fingerprints; ours lives with the run in object storage.
+The reference is the base model (the adapter disabled, no second copy). A sample's score (log-prob sum,
+token count) is computed the first time a batch holding it is trained on or evaluated, inside that step:
+one extra forward under no_grad with the adapter disabled, in eval mode, under the trainer's autocast.
+There is no separate pass before training, so the first step starts at once; later epochs, evaluations
+and resumed attempts read the cache and never score a sample again.
 
-Under data parallelism each process scores a contiguous share of the samples and the shares are gathered
-(accelerate's split_between_processes and gather_object), so N processes take 1/N of the time.
+The cache travels with the checkpoints (`reference.pt` in each checkpoint directory, written by
+`ObjectiveTrainer._save_checkpoint`) and is restored on resume when its key matches: the key hashes the
+encoded samples themselves (dataset content, split, tokenizer/processor, max length, exactly as the model
+sees them) with the base model reference, revision, commit, family and precision.
+
+Under data parallelism each process scores only the samples of its own micro-batches (the sampler's
+shard), and the processes exchange what they scored since the last exchange (`sync`, at the end of every
+step until every training sample is known, and after every evaluation), so all hold the same cache and the
+checkpoint written by process 0 is complete. Written by hand: TRL's `precompute_ref_log_probs` scores the
+whole dataset up front in `DPOTrainer.__init__`, and its in-step alternative recomputes every step.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import gather_object
+from transformers import TrainerCallback
 
-from tunewright.storage import Storage
 from tunewright.training.family import Family
 
 log = logging.getLogger(__name__)
 
-REFERENCE_DIR = "reference"
-# Batches scored by the reference model in this process (tests assert that a resume scores none).
+FILE = "reference.pt"  # in each checkpoint directory
+# Reference forwards run, and samples scored, in this process (tests assert that none is scored twice).
 reference_batches = 0
+reference_samples = 0
 
 
 def _feed(digest: Any, value: Any) -> None:
@@ -61,100 +69,130 @@ def fingerprint(value: Any) -> str:
     return digest.hexdigest()
 
 
-def _batches(samples: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(samples), size):
-        yield samples[start:start + size]
+class ReferenceScores:
+    """The reference scores of every sample of a run, by sample id (0..n-1), filled as training meets them.
 
-
-def score(model: Any, family: Family, samples: list[dict[str, Any]], batch_size: int,
-          to_device: Callable[[dict[str, Any]], dict[str, Any]] = lambda b: b,
-          autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-prob sum, token count) of each encoded sample under the base model with the adapter disabled."""
-    global reference_batches
-    if not hasattr(model, "disable_adapter"):
-        raise TypeError("the reference is the base model under a PEFT adapter; this model has no adapter")
-    if not samples:  # a process's share is empty when there are fewer samples than processes
-        return torch.zeros(0), torch.zeros(0)
-    logps, tokens = [], []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), model.disable_adapter(), autocast():
-            for chunk in _batches(samples, batch_size):
-                lp, n = family.sequence_logprobs(model, to_device(family.collate(chunk)))
-                reference_batches += 1
-                logps.append(lp.float().cpu())
-                tokens.append(n.float().cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(logps), torch.cat(tokens)
-
-
-def shared(state: Any, samples: list[dict[str, Any]],
-           score_share: Callable[[list[dict[str, Any]]], tuple[torch.Tensor, torch.Tensor]],
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`score_share` run by every process of `state` (an accelerate state) on its contiguous share of
-    `samples`; every process gets all the scores, in the samples' order."""
-    with state.split_between_processes(samples) as share:
-        logps, tokens = score_share(share)
-    log.info("reference: process %d of %d scored %d of %d samples", state.process_index, state.num_processes,
-             len(share), len(samples))
-    if state.num_processes == 1:
-        return logps, tokens
-    pairs = gather_object(list(zip(logps.tolist(), tokens.tolist(), strict=True)))
-    return torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
-
-
-def cached(store: Storage | None, key_parts: dict[str, Any], samples: list[dict[str, Any]],
-           compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-           write: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """`compute()`'s (logps, tokens) for `samples`, read from `store` when an earlier attempt saved them."""
-    key = fingerprint({**key_parts, "samples": [fingerprint(s) for s in samples]})[:32]
-    name = f"{key}.pt"
-    if store is not None and store.exists(name):
-        saved = torch.load(io.BytesIO(store.read_bytes(name)), weights_only=True)
-        if saved["logps"].shape == (len(samples),):
-            log.info("reference log-probs of %d samples reused from %s/%s", len(samples), store.uri, name)
-            return saved["logps"], saved["tokens"]
-        log.warning("ignoring %s/%s: it holds %d scores for %d samples", store.uri, name,
-                    saved["logps"].numel(), len(samples))
-    logps, tokens = compute()
-    if store is not None and write:
-        buffer = io.BytesIO()
-        torch.save({"logps": logps, "tokens": tokens, "key": json.dumps(key_parts, default=str)}, buffer)
-        store.write_bytes(name, buffer.getvalue())
-        log.info("reference log-probs of %d samples cached at %s/%s", len(samples), store.uri, name)
-    return logps, tokens
-
-
-def attach(trainer: Any, datasets: list[list[dict[str, Any]]], family: Family, run_dir: Storage | None,
-           key_parts: dict[str, Any]) -> int:
-    """Give every example (`{"samples": [encoded, ...]}`) its reference scores as `ref` (a list of floats).
-
-    Examples with a sample of no tokens (nothing to compare) are removed from the lists in place, which
-    are the lists the Trainer's datasets hold; returns how many were removed.
+    `known[i]` says whether sample i has been scored and exchanged with the other processes; `pending`
+    holds what this process scored since the last `sync`.
     """
+
+    def __init__(self, model: Any, family: Family, size: int, train_size: int, key: str,
+                 autocast: Callable[[], AbstractContextManager[Any]] = nullcontext, state: Any = None):
+        if not hasattr(model, "disable_adapter"):
+            raise TypeError("the reference is the base model under a PEFT adapter; this model has no adapter")
+        self.model, self.family, self.key, self.autocast, self.state = model, family, key, autocast, state
+        self.train_size = train_size  # ids below this are training samples
+        self.logps = torch.zeros(size)
+        self.tokens = torch.zeros(size)
+        self.known = torch.zeros(size, dtype=torch.bool)
+        self.pending: dict[int, tuple[float, float]] = {}
+        self.scored = 0  # samples this process scored
+
+    @property
+    def train_complete(self) -> bool:
+        return bool(self.known[:self.train_size].all())
+
+    def scores(self, inputs: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+        """Reference log-prob sums of the batch's samples (`inputs` as the family collates them, `ids`
+        their sample ids), scoring in one forward those not cached yet."""
+        global reference_batches, reference_samples
+        wanted = ids.tolist()
+        missing = [i for i, s in enumerate(wanted) if not self.known[s] and s not in self.pending]
+        if missing:
+            rows = torch.tensor(missing, device=ids.device)
+            part = inputs if len(missing) == len(wanted) else {k: v[rows] for k, v in inputs.items()}
+            was_training = self.model.training
+            self.model.eval()  # no dropout: the same scores as an up-front pass
+            try:
+                with torch.no_grad(), self.model.disable_adapter(), self.autocast():
+                    lp, n = self.family.sequence_logprobs(self.model, part)
+            finally:
+                self.model.train(was_training)
+            reference_batches += 1
+            reference_samples += len(missing)
+            self.scored += len(missing)
+            for row, value, count in zip(missing, lp.float().tolist(), n.float().tolist(), strict=True):
+                self.pending[wanted[row]] = (value, count)
+            if self._single:
+                self._merge([self.pending])
+        out = [self.pending[s][0] if s in self.pending else float(self.logps[s]) for s in wanted]
+        return torch.tensor(out, device=ids.device)
+
+    @property
+    def _single(self) -> bool:
+        return self.state is None or self.state.num_processes == 1
+
+    def _merge(self, shares: list[dict[int, tuple[float, float]]]) -> None:
+        # In process order, the first score of a sample wins, so every process ends with the same cache.
+        for share in shares:
+            for sample, (value, count) in share.items():
+                if not self.known[sample]:
+                    self.logps[sample], self.tokens[sample], self.known[sample] = value, count, True
+        self.pending = {}
+
+    def sync(self) -> None:
+        """Exchange what each process scored since the last exchange (a collective: every process calls it)."""
+        if self._single:
+            return
+        self._merge(gather_object([self.pending]))
+
+    def save(self, directory: Path) -> None:
+        torch.save({"key": self.key, "logps": self.logps, "tokens": self.tokens, "known": self.known},
+                   directory / FILE)
+
+    def restore(self, directory: Path) -> None:
+        """Take the cache a checkpoint saved, when it belongs to these samples and this base model."""
+        path = directory / FILE
+        if not path.exists():
+            log.warning("reference: %s has no %s; samples are scored again as training meets them",
+                        directory.name, FILE)
+            return
+        saved = torch.load(path, weights_only=True)
+        if saved["key"] != self.key or saved["known"].shape != self.known.shape:
+            log.warning("reference: %s/%s belongs to other samples or another base model; not used",
+                        directory.name, FILE)
+            return
+        self.logps, self.tokens, self.known = saved["logps"], saved["tokens"], saved["known"]
+        log.info("reference: %d of %d sample scores restored from %s", int(self.known.sum()), len(self.known),
+                 directory.name)
+
+
+class SyncReference(TrainerCallback):
+    """Runs `ReferenceScores.sync` where every process is at the same point: after each training step while
+    some training sample is unscored, and after each evaluation."""
+
+    def __init__(self, scores: ReferenceScores):
+        self.scores = scores
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self.scores.train_complete:
+            self.scores.sync()
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.scores.sync()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        s = self.scores.state
+        log.info("reference: process %d of %d scored %d of %d samples", s.process_index if s else 0,
+                 s.num_processes if s else 1, self.scores.scored, len(self.scores.known))
+
+
+def attach(trainer: Any, datasets: list[list[dict[str, Any]]], family: Family,
+           key_parts: dict[str, Any]) -> ReferenceScores:
+    """Number every sample of the examples (`{"samples": [encoded, ...]}`, training examples first) as
+    `ids`, and return the run's lazily filled reference scores, synchronised by a callback on `trainer`."""
     samples = [s for ds in datasets for ex in ds for s in ex["samples"]]
     model = trainer.model
     key_parts = {**key_parts, "commit": getattr(getattr(model, "config", None), "_commit_hash", None),
                  "family": family.name}
-    logps, tokens = cached(
-        run_dir.child(REFERENCE_DIR) if run_dir is not None else None, key_parts, samples,
-        lambda: shared(trainer.accelerator.state, samples, lambda share: score(
-            model, family, share, trainer.args.per_device_eval_batch_size, trainer._prepare_inputs,
-            trainer.accelerator.autocast)),
-        write=trainer.is_world_process_zero(),
-    )
-    scores, counts = iter(logps.tolist()), iter(tokens.tolist())
-    removed = 0
+    key = fingerprint({**key_parts, "samples": [fingerprint(s) for s in samples]})[:32]
+    next_id = 0
     for ds in datasets:
-        kept = []
         for ex in ds:
-            ex["ref"] = [next(scores) for _ in ex["samples"]]
-            if min(next(counts) for _ in ex["samples"]) > 0:
-                kept.append(ex)
-        removed += len(ds) - len(kept)
-        ds[:] = kept
-    if removed:
-        log.warning("skipped %d examples with an empty sample (no tokens to score)", removed)
-    return removed
+            ex["ids"] = list(range(next_id, next_id + len(ex["samples"])))
+            next_id += len(ex["samples"])
+    train_size = sum(len(ex["samples"]) for ex in datasets[0])
+    scores = ReferenceScores(model, family, len(samples), train_size, key, trainer.accelerator.autocast,
+                             trainer.accelerator.state)
+    trainer.add_callback(SyncReference(scores))
+    return scores

@@ -1,13 +1,16 @@
-"""The HF Trainer, with the loss delegated to an objective and the objective's metrics logged."""
+"""The HF Trainer, with the loss delegated to an objective, the objective's metrics logged and its state
+(e.g. cached reference scores) saved into each checkpoint and restored on resume."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tunewright.training.family import Family
 from tunewright.training.objectives.base import Objective
@@ -35,6 +38,17 @@ class ObjectiveTrainer(Trainer):
         self.tokens_seen = 0
         self._metric_sums: dict[str, dict[str, list[float]]] = {"train": defaultdict(list),
                                                                 "eval": defaultdict(list)}
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        if isinstance(resume_from_checkpoint, str):
+            self.objective.restore(Path(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:  # process 0: every process holds the same objective state
+            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.objective.save(Path(self._get_output_dir(trial=trial)) / folder)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -32,5 +33,10 @@ class Objective(Protocol):
 
     def prepare(self, trainer: Any, datasets: list[list[dict[str, Any]]], family: Family,
                 run_dir: Storage | None = None) -> None:
-        """Called once before training (e.g. to precompute reference log-probs, cached under `run_dir`,
-        the run's directory in storage, so a retry or resume reuses them). May do nothing."""
+        """Called once before training (e.g. to set up the lazily filled reference scores). May do nothing."""
+
+    def save(self, directory: Path) -> None:
+        """Write the objective's state into a checkpoint directory (e.g. the reference scores so far)."""
+
+    def restore(self, directory: Path) -> None:
+        """Take back what `save` wrote, when resuming from that checkpoint."""

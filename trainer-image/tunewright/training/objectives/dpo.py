@@ -1,8 +1,9 @@
 """Direct Preference Optimization on (prompt, chosen, rejected) pairs, from preference rows or from rated
 samples of one prompt whose ratings differ by at least `dpo.minRatingGap`.
 
-The reference is the base model with the adapter disabled, scored once before training and cached with the
-run (see `training/reference.py`); chosen and rejected go through one concatenated forward of 2B samples.
+The reference is the base model with the adapter disabled, scored lazily inside the first step that meets a
+sample and cached for the run and its checkpoints (see `training/reference.py`); chosen and rejected go
+through one concatenated forward of 2B samples.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +26,7 @@ from tunewright.training.objectives.losses import dpo_losses
 
 log = logging.getLogger(__name__)
 
-REF = "ref_logps"  # batch key of the reference scores; everything else in a batch is the family's
+IDS = "sample_ids"  # batch key of the samples' ids in the reference cache; everything else is the family's
 
 
 def rated_pairs(rows: Sequence[RatedRow], min_gap: float) -> list[tuple[str, str, str]]:
@@ -64,35 +66,45 @@ class DPOObjective:
 
     def __init__(self) -> None:
         self.config: TrainingConfig | None = None
+        self.reference: reference.ReferenceScores | None = None
 
     def examples(self, rows: Sequence[Row], family: Family, config: TrainingConfig) -> list[dict[str, Any]]:
         self.config = config
-        examples, identical = [], 0
+        examples, identical, empty = [], 0, 0
         for prompt, chosen, rejected in preference_pairs(rows, config.dpo.min_rating_gap):
             encoded = [family.encode(prompt, chosen), family.encode(prompt, rejected)]
             if reference.fingerprint(encoded[0]) == reference.fingerprint(encoded[1]):
                 identical += 1  # e.g. samples that differ only past data.maxLength
                 continue
+            if min(family.sample_tokens(e) for e in encoded) == 0:
+                empty += 1  # nothing to compare
+                continue
             examples.append({"samples": encoded})
         if identical:
             log.warning("dpo: skipped %d pairs whose chosen and rejected samples are identical once encoded "
                         "(data.maxLength %d)", identical, config.data.max_length)
+        if empty:
+            log.warning("dpo: skipped %d pairs with an empty sample (no tokens to score)", empty)
         if rows and not examples:
-            raise DataError(f"no usable preference pairs in {len(rows)} rows ({identical} identical once encoded)")
+            raise DataError(f"no usable preference pairs in {len(rows)} rows ({identical} identical once encoded, "
+                            f"{empty} with an empty sample)")
         return examples
 
     def collate(self, examples: list[dict[str, Any]], family: Family) -> dict[str, Any]:
-        if any("ref" not in e for e in examples):
-            raise RuntimeError("dpo examples have no reference scores: prepare() must run before training")
+        if any("ids" not in e for e in examples):
+            raise RuntimeError("dpo examples have no reference ids: prepare() must run before training")
         batch = family.collate([e["samples"][0] for e in examples] + [e["samples"][1] for e in examples])
-        batch[REF] = torch.tensor([e["ref"][0] for e in examples] + [e["ref"][1] for e in examples])
+        batch[IDS] = torch.tensor([e["ids"][0] for e in examples] + [e["ids"][1] for e in examples])
         return batch
 
     def loss(self, model: Any, batch: dict[str, Any], family: Family) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert self.config is not None, "examples() sets the configuration"
+        assert self.reference is not None, "prepare() sets up the reference"
         dpo = self.config.dpo
-        logps, tokens = family.sequence_logprobs(model, {k: v for k, v in batch.items() if k != REF})
-        chosen, rejected = (logps - batch[REF]).chunk(2)
+        inputs = {k: v for k, v in batch.items() if k != IDS}
+        ref = self.reference.scores(inputs, batch[IDS])
+        logps, tokens = family.sequence_logprobs(model, inputs)
+        chosen, rejected = (logps - ref).chunk(2)
         chosen_tokens, rejected_tokens = tokens.chunk(2)
         losses = dpo_losses(chosen, rejected, beta=dpo.beta, loss_type=dpo.loss_type,
                             label_smoothing=dpo.label_smoothing,
@@ -109,11 +121,12 @@ class DPOObjective:
     def prepare(self, trainer: Any, datasets: list[list[dict[str, Any]]], family: Family,
                 run_dir: Storage | None = None) -> None:
         assert self.config is not None, "examples() sets the configuration"
-        reference.attach(trainer, datasets, family, run_dir, reference_key(self.config))
-        if not datasets[0]:
-            raise DataError("no training pairs left: every pair has an empty sample")
-        held_out = [e for ds in datasets[1:] for e in ds]
-        if held_out:
-            agree = sum(e["ref"][0] > e["ref"][1] for e in held_out) / len(held_out)
-            log.info("dpo: the base model already prefers the chosen sample in %.0f%% of %d validation pairs",
-                     100 * agree, len(held_out))
+        self.reference = reference.attach(trainer, datasets, family, reference_key(self.config))
+
+    def save(self, directory: Path) -> None:
+        if self.reference is not None:
+            self.reference.save(directory)
+
+    def restore(self, directory: Path) -> None:
+        if self.reference is not None:
+            self.reference.restore(directory)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from tunewright.training.objectives.losses import listmle_loss, margin_ranking_l
 
 log = logging.getLogger(__name__)
 
-REF, INDEX, MASK = "ref_logps", "list_index", "list_mask"  # the rest of a batch is the family's
+IDS, INDEX, MASK = "sample_ids", "list_index", "list_mask"  # the rest of a batch is the family's
 
 
 def rated_lists(rows: Sequence[RatedRow]) -> list[tuple[str, list[str]]]:
@@ -73,45 +74,49 @@ class RankingObjective:
 
     def __init__(self) -> None:
         self.config: TrainingConfig | None = None
+        self.reference: reference.ReferenceScores | None = None
 
     def examples(self, rows: Sequence[Row], family: Family, config: TrainingConfig) -> list[dict[str, Any]]:
         self.config = config
         examples, short = [], 0
         for prompt, samples in ranked_lists(rows):
-            encoded = distinct([family.encode(prompt, s) for s in samples])
+            encoded = [e for e in distinct([family.encode(prompt, s) for s in samples]) if family.sample_tokens(e)]
             if len(encoded) < 2:
                 short += 1
                 continue
             examples.append({"samples": encoded})
         if short:
             log.warning("ranking: skipped %d lists with fewer than two distinct samples (one rating for a prompt, "
-                        "or samples identical once encoded)", short)
+                        "samples identical once encoded, or empty)", short)
         if rows and not examples:
             raise DataError(f"no rankings of two or more distinct samples in {len(rows)} rows "
                             "(a rated prompt needs samples with different ratings)")
         return examples
 
     def collate(self, examples: list[dict[str, Any]], family: Family) -> dict[str, Any]:
-        if any("ref" not in e for e in examples):
-            raise RuntimeError("ranking examples have no reference scores: prepare() must run before training")
+        if any("ids" not in e for e in examples):
+            raise RuntimeError("ranking examples have no reference ids: prepare() must run before training")
         width = max(len(e["samples"]) for e in examples)
         index = torch.zeros(len(examples), width, dtype=torch.long)
         mask = torch.zeros(len(examples), width, dtype=torch.bool)
-        flat, refs = [], []
+        flat, ids = [], []
         for i, e in enumerate(examples):
             n = len(e["samples"])
             index[i, :n] = torch.arange(len(flat), len(flat) + n)
             mask[i, :n] = True
             flat += e["samples"]
-            refs += e["ref"]
-        return {**family.collate(flat), REF: torch.tensor(refs), INDEX: index, MASK: mask}
+            ids += e["ids"]
+        return {**family.collate(flat), IDS: torch.tensor(ids), INDEX: index, MASK: mask}
 
     def loss(self, model: Any, batch: dict[str, Any], family: Family) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert self.config is not None, "examples() sets the configuration"
+        assert self.reference is not None, "prepare() sets up the reference"
         params = self.config.ranking
-        logps, tokens = family.sequence_logprobs(model, {k: v for k, v in batch.items() if k not in (REF, INDEX, MASK)})
+        inputs = {k: v for k, v in batch.items() if k not in (IDS, INDEX, MASK)}
+        ref = self.reference.scores(inputs, batch[IDS])
+        logps, tokens = family.sequence_logprobs(model, inputs)
         index, mask = batch[INDEX], batch[MASK]
-        rewards = (params.beta * (logps - batch[REF]))[index]
+        rewards = (params.beta * (logps - ref))[index]
         if params.loss == "margin":
             loss = margin_ranking_loss(rewards, mask, params.margin)
         else:
@@ -124,6 +129,12 @@ class RankingObjective:
     def prepare(self, trainer: Any, datasets: list[list[dict[str, Any]]], family: Family,
                 run_dir: Storage | None = None) -> None:
         assert self.config is not None, "examples() sets the configuration"
-        reference.attach(trainer, datasets, family, run_dir, reference_key(self.config))
-        if not datasets[0]:
-            raise DataError("no training lists left: every list has an empty sample")
+        self.reference = reference.attach(trainer, datasets, family, reference_key(self.config))
+
+    def save(self, directory: Path) -> None:
+        if self.reference is not None:
+            self.reference.save(directory)
+
+    def restore(self, directory: Path) -> None:
+        if self.reference is not None:
+            self.reference.restore(directory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,4 +44,10 @@ class SFTObjective:
 
     def prepare(self, trainer: Any, datasets: list[list[dict[str, Any]]], family: Family,
                 run_dir: Storage | None = None) -> None:
+        return None
+
+    def save(self, directory: Path) -> None:
+        return None
+
+    def restore(self, directory: Path) -> None:
         return None
