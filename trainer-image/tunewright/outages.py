@@ -129,11 +129,14 @@ class LatestWriter:
                 self._thread.start()
             self._changed.notify_all()
 
-    def drain(self) -> None:
-        """Wait until every queued write is stored; raise the failure if one failed for good."""
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every queued write is stored (False: `timeout` seconds passed first); raise the failure
+        if one failed for good."""
         with self._changed:
-            self._changed.wait_for(lambda: self._failure is not None or not (self._pending or self._busy))
+            done = self._changed.wait_for(lambda: self._failure is not None or not (self._pending or self._busy),
+                                          timeout)
         self.check()
+        return done
 
     def check(self) -> None:
         if self._failure is not None:

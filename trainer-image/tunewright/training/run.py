@@ -34,7 +34,19 @@ from tunewright.registry import (
     VersionTaken,
 )
 from tunewright.reporting.page import render
-from tunewright.runs import ADAPTER, CONFIG, METRICS, REPORT, REPORT_PAGE, RESULT, RunResult, RunStore
+from tunewright.runs import (
+    ADAPTER,
+    CONFIG,
+    METRICS,
+    PROGRESS,
+    REPORT,
+    REPORT_PAGE,
+    RESULT,
+    Progress,
+    RunResult,
+    RunStore,
+    now_iso,
+)
 from tunewright.storage import Storage
 from tunewright.training.callbacks import (
     CommitCheckpointCallback,
@@ -56,6 +68,7 @@ log = logging.getLogger(__name__)
 PUBLISH_ATTEMPTS = 20
 GRACE_ENV = "TUNEWRIGHT_TERMINATION_GRACE_SECONDS"  # the pod's terminationGracePeriodSeconds
 GRACE_MARGIN = 10.0  # seconds of the grace period kept for writing progress.json and exiting
+FAILED_PROGRESS_SECONDS = 30.0  # how long a failing run waits to store progress.json saying so
 
 
 class RunError(RuntimeError):
@@ -247,6 +260,7 @@ class Run:
         self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last,
                                            outage=self.outage)
         self.committed: dict[int, Any] = {}  # checkpoints committed by this process, retention's victims too
+        self._logger: RunLogCallback | None = None  # progress.json's writer once training is set up
 
     def execute(self) -> Outcome:
         """Everything that can be checked without the model is checked before anything is written: the
@@ -268,8 +282,36 @@ class Run:
         work = Path(tempfile.mkdtemp(prefix=f"tunewright-{self.run.run_id}-"))
         try:
             return self._train(work, dataset, objective, start)
+        except TrainingInterrupted:
+            raise
+        except BaseException as err:
+            self._mark_failed(err)
+            raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _mark_failed(self, err: BaseException) -> None:
+        """progress.json of a run that ends other than by success or a committed SIGTERM checkpoint says
+        `failed` and why (the CLI's error line), so that nothing polling it sees `running` forever. Only for
+        a recorded run (config.json: a refused start stores nothing) and best effort: when the store is what
+        failed, this cannot be written either."""
+        if not is_main():
+            return
+        reason = "interrupted (SIGINT)" if isinstance(err, KeyboardInterrupt) else \
+            " ".join((str(err) or type(err).__name__).split())
+        logger = self._logger
+        try:
+            if logger is not None:
+                logger.progress.state, logger.progress.message = "failed", reason
+                logger.progress.updated = now_iso()
+                logger.flush()
+                logger.writer.drain(timeout=FAILED_PROGRESS_SECONDS)
+            elif self.run.dir.exists(CONFIG):
+                progress = self.run.read_progress() or Progress()
+                progress.state, progress.message, progress.updated = "failed", reason, now_iso()
+                self.run.write_progress(progress)
+        except (Exception, KeyboardInterrupt) as why:
+            log.warning("could not mark run %s failed in %s: %s", self.run.run_id, PROGRESS, why)
 
     def _resume_point(self) -> CheckpointInfo | None:
         """The checkpoint to continue from: none for a new run; with `auto` the latest if any; with `latest`
@@ -318,7 +360,7 @@ class Run:
                                    objective=objective, family=family)
         trainer.remove_callback(PrinterCallback)
         sigterm = sigterm_callback()
-        logger = RunLogCallback(self.run, samples_per_step, trainer, self.display,
+        logger = self._logger = RunLogCallback(self.run, samples_per_step, trainer, self.display,
                                 prometheus_for(config, self.run.run_id, self.metrics_port),
                                 resumed_metric_lines(self.run, start.step) if start else [],
                                 flush_seconds=0.0 if self.root.local_path() else 5.0, outage=self.outage)
