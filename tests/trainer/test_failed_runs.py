@@ -46,13 +46,13 @@ def test_an_error_after_training_marks_the_run_failed_and_a_retry_publishes(root
 def test_an_error_before_training_starts_marks_a_recorded_run_failed(root: Storage,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: Any, **kwargs: Any) -> Any:
-        raise ValueError("lora.targetModules: no module named q_proj")
+        raise ValueError("training.precision fp16 needs a GPU")
 
-    monkeypatch.setattr(run_module, "with_lora", broken)
+    monkeypatch.setattr(run_module, "training_arguments", broken)
     with pytest.raises(ValueError):
         Run(quick_config("songs", **FAST), root, run_id="r2", display=False).execute()
     progress = _progress(root, "r2")
-    assert (progress.state, progress.message) == ("failed", "lora.targetModules: no module named q_proj")
+    assert (progress.state, progress.message) == ("failed", "training.precision fp16 needs a GPU")
 
 
 class _CtrlC(TrainerCallback):

@@ -361,6 +361,25 @@ def test_damaged_storage(world: dict[str, Any], capsys: pytest.CaptureFixture[st
                                           "--resume", "auto", "--quiet"], 1, expected, prepare)
 
 
+def test_a_bad_field_found_after_the_model_loads_prints_one_line_and_stores_nothing(
+        world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """transformers is imported (by earlier tests here; by any host program) before main() runs, so the
+    environment variable that turns its bars off is read too late: --quiet must still show no
+    'Loading weights' bar."""
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
+    hf_logging.enable_progress_bar()
+    try:
+        _check(world, capsys, tw_train.main, ["--dataset", "songs", "--storage", world["uri"], "--metrics-port", "0",
+                                              "--set", "lora.targetModules=[nope]", "--quiet"],
+               1, "Target modules {'nope'} not found in the base model")
+    finally:
+        (hf_logging.enable_progress_bar if before[0] else hf_logging.disable_progress_bar)()
+        (hub_utils.disable_progress_bars if before[1] else hub_utils.enable_progress_bars)()
+
+
 # -- faults that need a real process, a thread or the OS ---------------------------------------------------
 
 def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -420,4 +439,4 @@ def test_exact_duplicate_rows_are_imported_with_a_warning_and_a_count(world: dic
 
 def test_the_corpus_has_at_least_a_hundred_cases() -> None:
     assert len(BAD_ROWS) + len(BAD_IMPORTS) + len(BAD_LOOKUPS) + len(BAD_CONFIGS) + len(BAD_FLAGS) + len(DAMAGED) \
-        + 5 >= 100
+        + 6 >= 100

@@ -344,9 +344,9 @@ class Run:
         val_ex = objective.examples(val_rows, family, config) if val_rows else []
         if not train_ex:
             raise DataError(f"dataset {dataset.meta.id!r} leaves no training examples for {config.method}")
-        record_config(self.run, config)
         set_seed(config.training.seed)  # LoRA's initialisation draws from the global RNG
-        model = with_lora(model, config, family)
+        model = with_lora(model, config, family)  # may refuse lora.targetModules: before anything is stored
+        record_config(self.run, config)
 
         resume_dir = self.checkpoints.fetch(start.name, work / "resume" / start.name) if start else None
         hf_dir = work / "hf"
