@@ -159,6 +159,12 @@ class FaultProxy:
     def fail_always(self, kind: str, *, method: str | None = None, path: str | None = None) -> None:
         self._add(itertools.repeat(_checked([kind])[0]), method, path)
 
+    def fail_for(self, seconds: float, kind: str, *, method: str | None = None, path: str | None = None) -> None:
+        """Every matching request fails with `kind` for the next `seconds`; then the rule is used up."""
+        deadline = time.monotonic() + seconds
+        self._add(itertools.takewhile(lambda _: time.monotonic() < deadline, itertools.repeat(_checked([kind])[0])),
+                  method, path)
+
     def heal(self) -> None:
         """Drop every rule and let stalled requests through."""
         with self._lock:

@@ -24,7 +24,7 @@ from tunewright.data.rows import Row
 from tunewright.data.split import split_by_prompt
 from tunewright.data.store import DatasetMeta, DatasetStore, load_rows, open_dataset
 from tunewright.models.loading import load_base
-from tunewright.outages import Outage
+from tunewright.outages import Outage, RetryingStorage
 from tunewright.registry import (
     AdapterRecord,
     DatasetProvenance,
@@ -483,10 +483,13 @@ class Run:
 
     def _publish(self, model: Any, report: dict[str, Any], dataset: Dataset, work: Path) -> RunResult:
         """Adapter and report into the run, then the registry, then result.json (the run's commit).
-        A version taken by a concurrent run of the same adapter name moves this one to the next version."""
+        A version taken by a concurrent run of the same adapter name moves this one to the next version.
+        Every request is retried while the store is unreachable, up to the outage tolerance (outages.py)."""
         adapter_dir = work / ADAPTER
         model.save_pretrained(str(adapter_dir))
-        registry = Registry(self.root)
+        root = RetryingStorage(self.root, self.outage)  # a storage outage now must not cost the trained run
+        run_dir = root.child("runs", self.run.run_id)
+        registry = Registry(root)
         existing = next((r for r in registry.list() if r.run_id == self.run.run_id), None)
         for _ in range(PUBLISH_ATTEMPTS):
             version = existing.version if existing else registry.next_version(self.name)
@@ -495,9 +498,9 @@ class Run:
             page = render(versioned, lambda name: (adapter_dir / name).read_bytes())
             (adapter_dir / REPORT).write_text(text)
             (adapter_dir / REPORT_PAGE).write_text(page)
-            self.run.dir.upload_dir(adapter_dir, ADAPTER)
-            self.run.dir.write_text(REPORT, text)
-            self.run.dir.write_text(REPORT_PAGE, page)
+            run_dir.upload_dir(adapter_dir, ADAPTER)
+            run_dir.write_text(REPORT, text)
+            run_dir.write_text(REPORT_PAGE, page)
             try:
                 record = existing or registry.register(self._record(version, versioned, dataset),
                                                        local_dir=adapter_dir)
@@ -508,7 +511,7 @@ class Run:
             raise RunError(f"adapter {self.name}: no free registry version after {PUBLISH_ATTEMPTS} attempts")
         result = RunResult(adapter_name=record.name, adapter_version=record.version, adapter_uri=record.uri,
                            report_uri=f"{record.uri}/{REPORT}", report_page_uri=f"{record.uri}/{REPORT_PAGE}")
-        self.run.dir.write_text(RESULT, result.to_json())
+        run_dir.write_text(RESULT, result.to_json())
         return result
 
     def _record(self, version: int, report: dict[str, Any], dataset: Dataset) -> AdapterRecord:
