@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 PUBLISH_ATTEMPTS = 20
 GRACE_ENV = "TUNEWRIGHT_TERMINATION_GRACE_SECONDS"  # the pod's terminationGracePeriodSeconds
 GRACE_MARGIN = 10.0  # seconds of the grace period kept for writing progress.json and exiting
-FAILED_PROGRESS_SECONDS = 30.0  # how long a failing run waits to store progress.json saying so
+FAILED_PROGRESS_SECONDS = 30.0  # how long a failing run waits for its last checkpoint, then progress.json
 
 
 class RunError(RuntimeError):
@@ -285,10 +285,21 @@ class Run:
         except TrainingInterrupted:
             raise
         except BaseException as err:
+            self._finish_commits()
             self._mark_failed(err)
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _finish_commits(self) -> None:
+        """A failing run lets the checkpoint it is uploading commit (for a while), so that a retry resumes
+        from it; its files are in `work`, which is removed next."""
+        try:
+            if not self.checkpoints.flush(timeout=FAILED_PROGRESS_SECONDS):
+                log.warning("run %s: a checkpoint was still uploading after %.0f s; it is abandoned (uncommitted)",
+                            self.run.run_id, FAILED_PROGRESS_SECONDS)
+        except (Exception, KeyboardInterrupt) as why:  # its failure was logged where it happened
+            log.debug("checkpoint upload failed: %s", why)
 
     def _mark_failed(self, err: BaseException) -> None:
         """progress.json of a run that ends other than by success or a committed SIGTERM checkpoint says
@@ -297,8 +308,8 @@ class Run:
         failed, this cannot be written either."""
         if not is_main():
             return
-        reason = "interrupted (SIGINT)" if isinstance(err, KeyboardInterrupt) else \
-            " ".join((str(err) or type(err).__name__).split())
+        plain = "interrupted (SIGINT)" if isinstance(err, KeyboardInterrupt) else type(err).__name__
+        reason = " ".join((str(err) or plain).split())  # a SIGTERM outside training says so (cli.common)
         logger = self._logger
         try:
             if logger is not None:
