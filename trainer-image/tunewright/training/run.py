@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 PUBLISH_ATTEMPTS = 20
 GRACE_ENV = "TUNEWRIGHT_TERMINATION_GRACE_SECONDS"  # the pod's terminationGracePeriodSeconds
 GRACE_MARGIN = 10.0  # seconds of the grace period kept for writing progress.json and exiting
-FAILED_PROGRESS_SECONDS = 30.0  # how long a failing run waits for its last checkpoint, then progress.json
+FAILED_WAIT_SECONDS = 30.0  # how long a failing run waits for its last checkpoint, then for progress.json
 
 
 class RunError(RuntimeError):
@@ -261,6 +261,7 @@ class Run:
                                            outage=self.outage)
         self.committed: dict[int, Any] = {}  # checkpoints committed by this process, retention's victims too
         self._logger: RunLogCallback | None = None  # progress.json's writer once training is set up
+        self._grace_spent = False  # SIGTERM's checkpoint missed the grace period: exit without waiting
 
     def execute(self) -> Outcome:
         """Everything that can be checked without the model is checked before anything is written: the
@@ -285,23 +286,24 @@ class Run:
         except TrainingInterrupted:
             raise
         except BaseException as err:
-            self._finish_commits()
-            self._mark_failed(err)
+            late = self._grace_spent  # SIGTERM's grace period is nearly over: no more waiting for uploads
+            self._finish_commits(0.0 if late else FAILED_WAIT_SECONDS)
+            self._mark_failed(err, GRACE_MARGIN / 2 if late else FAILED_WAIT_SECONDS)
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _finish_commits(self) -> None:
-        """A failing run lets the checkpoint it is uploading commit (for a while), so that a retry resumes
-        from it; its files are in `work`, which is removed next."""
+    def _finish_commits(self, timeout: float) -> None:
+        """A failing run lets the checkpoint it is uploading commit (for `timeout` seconds), so that a retry
+        resumes from it; its files are in `work`, which is removed next."""
         try:
-            if not self.checkpoints.flush(timeout=FAILED_PROGRESS_SECONDS):
+            if not self.checkpoints.flush(timeout=timeout):
                 log.warning("run %s: a checkpoint was still uploading after %.0f s; it is abandoned (uncommitted)",
-                            self.run.run_id, FAILED_PROGRESS_SECONDS)
+                            self.run.run_id, timeout)
         except (Exception, KeyboardInterrupt) as why:  # its failure was logged where it happened
             log.debug("checkpoint upload failed: %s", why)
 
-    def _mark_failed(self, err: BaseException) -> None:
+    def _mark_failed(self, err: BaseException, timeout: float) -> None:
         """progress.json of a run that ends other than by success or a committed SIGTERM checkpoint says
         `failed` and why (the CLI's error line), so that nothing polling it sees `running` forever. Only for
         a recorded run (config.json: a refused start stores nothing) and best effort: when the store is what
@@ -316,7 +318,7 @@ class Run:
                 logger.progress.state, logger.progress.message = "failed", reason
                 logger.progress.updated = now_iso()
                 logger.flush()
-                logger.writer.drain(timeout=FAILED_PROGRESS_SECONDS)
+                logger.writer.drain(timeout=timeout)
             elif self.run.dir.exists(CONFIG):
                 progress = self.run.read_progress() or Progress()
                 progress.state, progress.message, progress.updated = "failed", reason, now_iso()
@@ -448,6 +450,7 @@ class Run:
             raise RunError(f"{GRACE_ENV} = {grace!r}: must be a number of seconds") from None
         signalled = signalled or time.monotonic()
         if not self.checkpoints.flush(timeout=max(signalled + seconds - GRACE_MARGIN - time.monotonic(), 0.0)):
+            self._grace_spent = True
             raise RunError(f"stopped by SIGTERM at step {step}, but its checkpoint could not be committed within "
                            f"the {seconds:.0f} s grace period (still uploading {time.monotonic() - signalled:.0f} s "
                            "after SIGTERM); the next attempt resumes from the last committed checkpoint")
