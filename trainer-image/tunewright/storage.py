@@ -523,7 +523,7 @@ class S3Storage(Storage):
             raise StorageError(f"upload of {local} to {self._uri(key)} stored {head['ContentLength']} bytes, "
                                f"expected {size}")
         if not head.get("ServerSideEncryption") and not head.get("SSECustomerAlgorithm"):
-            expected = s3_etag(local, self.multipart_threshold, self.multipart_chunksize)
+            expected = etag or s3_etag(local, self.multipart_threshold, self.multipart_chunksize)
             if head["ETag"].strip('"') != expected:
                 raise StorageError(f"upload of {local} to {self._uri(key)} is corrupt: ETag {head['ETag']}, "
                                    f"expected {expected!r}")
