@@ -43,16 +43,25 @@ def test_an_error_after_training_marks_the_run_failed_and_a_retry_publishes(root
     assert (progress.state, progress.message) == ("completed", None)
 
 
-def test_an_error_before_training_starts_marks_a_recorded_run_failed(root: Storage,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_error_before_the_first_step_marks_a_started_run_failed(root: Storage,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: Any, **kwargs: Any) -> Any:
-        raise ValueError("training.precision fp16 needs a GPU")
+        raise ValueError("cannot build the trainer")
 
-    monkeypatch.setattr(run_module, "training_arguments", broken)
+    monkeypatch.setattr(run_module, "describe_batch", broken)  # after config.json, before progress exists
     with pytest.raises(ValueError):
         Run(quick_config("songs", **FAST), root, run_id="r2", display=False).execute()
     progress = _progress(root, "r2")
-    assert (progress.state, progress.message) == ("failed", "training.precision fp16 needs a GPU")
+    assert (progress.state, progress.message) == ("failed", "cannot build the trainer")
+
+
+def test_a_refused_setting_found_after_the_model_loads_stores_nothing(root: Storage,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_module.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="fp16 needs a GPU"):
+        Run(quick_config("songs", **{**FAST, "training.precision": "fp16"}), root, run_id="r5",
+            display=False).execute()
+    assert not root.exists("runs/r5")
 
 
 class _CtrlC(TrainerCallback):

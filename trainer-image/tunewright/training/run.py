@@ -262,6 +262,7 @@ class Run:
         self.committed: dict[int, Any] = {}  # checkpoints committed by this process, retention's victims too
         self._logger: RunLogCallback | None = None  # progress.json's writer once training is set up
         self._grace_spent = False  # SIGTERM's checkpoint missed the grace period: exit without waiting
+        self._started = False  # past every refusal: the run is this attempt's to mark failed
 
     def execute(self) -> Outcome:
         """Everything that can be checked without the model is checked before anything is written: the
@@ -305,10 +306,10 @@ class Run:
 
     def _mark_failed(self, err: BaseException, timeout: float) -> None:
         """progress.json of a run that ends other than by success or a committed SIGTERM checkpoint says
-        `failed` and why (the CLI's error line), so that nothing polling it sees `running` forever. Only for
-        a recorded run (config.json: a refused start stores nothing) and best effort: when the store is what
-        failed, this cannot be written either."""
-        if not is_main():
+        `failed` and why (the CLI's error line), so that nothing polling it sees `running` forever. Only once
+        the attempt has started (a refused start or resume changes nothing stored) and best effort: when the
+        store is what failed, this cannot be written either."""
+        if not (is_main() and self._started):
             return
         plain = "interrupted (SIGINT)" if isinstance(err, KeyboardInterrupt) else type(err).__name__
         reason = " ".join((str(err) or plain).split())  # a SIGTERM outside training says so (cli.common)
@@ -319,7 +320,7 @@ class Run:
                 logger.progress.updated = now_iso()
                 logger.flush()
                 logger.writer.drain(timeout=timeout)
-            elif self.run.dir.exists(CONFIG):
+            else:
                 progress = self.run.read_progress() or Progress()
                 progress.state, progress.message, progress.updated = "failed", reason, now_iso()
                 self.run.write_progress(progress)
@@ -358,8 +359,7 @@ class Run:
         if not train_ex:
             raise DataError(f"dataset {dataset.meta.id!r} leaves no training examples for {config.method}")
         set_seed(config.training.seed)  # LoRA's initialisation draws from the global RNG
-        model = with_lora(model, config, family)  # may refuse lora.targetModules: before anything is stored
-        record_config(self.run, config)
+        model = with_lora(model, config, family)  # may refuse lora.targetModules
 
         resume_dir = self.checkpoints.fetch(start.name, work / "resume" / start.name) if start else None
         hf_dir = work / "hf"
@@ -367,6 +367,9 @@ class Run:
         samples_per_step = config.training.batch_size * config.training.gradient_accumulation_steps * args.world_size
         if resume_dir:
             check_resume_world(resume_dir, args.world_size, samples_per_step // args.world_size)
+        # The last refusal is behind: from here on this attempt owns the run (a failure marks it failed).
+        record_config(self.run, config)
+        self._started = True
         log.info("%s", describe_batch(args))
         trainer = ObjectiveTrainer(model=model, args=args, train_dataset=ExampleDataset(train_ex),
                                    eval_dataset=ExampleDataset(val_ex) if val_ex else None,
