@@ -17,7 +17,9 @@ from support.s3 import FaultProxy
 from support.trainer import import_rows, quick_config
 from tunewright.data import synthetic
 from tunewright.outages import LatestWriter, Outage, StorageOutageError
+from tunewright.registry import Registry
 from tunewright.storage import StorageError, open_storage
+from tunewright.training import run as run_module
 from tunewright.training.checkpoints import CheckpointStore
 from tunewright.training.run import Run
 
@@ -128,3 +130,44 @@ def test_run_survives_a_storage_outage_and_equals_an_uninterrupted_run(s3_root: 
         weights[run_id] = load_file(str(local / "adapter_model.safetensors"))
     assert weights["blip"].keys() == weights["steady"].keys()
     assert all(bool((weights["blip"][k] == weights["steady"][k]).all()) for k in weights["blip"])
+
+
+PUBLISH_OUTAGE_SECONDS = 6
+
+
+def test_publication_rides_out_an_outage_and_registers_once(s3_root: str, s3_faults: FaultProxy, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """The store drops every connection for some seconds as publication starts (adapter upload, registry,
+    result.json); then the registered weights' PUT is stored but its answer lost, and its retries are dropped
+    again, so the write that finally gets through is refused as existing: it is ours. One version, complete."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore gives up within a second; the outage retry goes on
+    root = open_storage(s3_root)
+    import_rows(root, "songs", synthetic.rated_rows(), "rated", tmp_path)
+    publish = Run._publish
+
+    def in_an_outage(self: Run, *args: object) -> object:
+        s3_faults.fail_next("lost", "reset", "reset", "reset", method="PUT",
+                            path="/adapters/songs-sft/1/adapter_model.safetensors")
+        s3_faults.fail_for(PUBLISH_OUTAGE_SECONDS, "reset")
+        return publish(self, *args)
+
+    monkeypatch.setattr(run_module.Run, "_publish", in_an_outage)
+    config = quick_config("songs", **{"training.maxSteps": 4, "training.epochs": 1})
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="tunewright.outages"):
+        outcome = Run(config, root, run_id="pub", display=False).execute()
+    assert outcome.result is not None and outcome.result.adapter_version == 1
+    assert time.monotonic() - began >= PUBLISH_OUTAGE_SECONDS
+    assert len(s3_faults.injected("reset")) >= 4 and len(s3_faults.injected("lost")) == 1
+    assert [m for m in caplog.messages if "is back after" in m], caplog.messages
+
+    registry = Registry(root)
+    assert [(r.version, r.run_id) for r in registry.list()] == [(1, "pub")]
+    assert registry.adapters.list_dirs("songs-sft") == ["1"]  # no half-registered version left behind
+    run_dir = root.child("runs", "pub")
+    assert json.loads(run_dir.read_text("result.json"))["adapterUri"] == registry.version_dir("songs-sft", 1).uri
+    version = registry.version_dir("songs-sft", 1)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "report.json"):
+        assert version.read_bytes(name) == run_dir.read_bytes(f"adapter/{name}")
+    assert json.loads(run_dir.read_text("progress.json"))["state"] == "completed"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from support.s3 import FaultProxy
 from tunewright.data.store import DatasetError, DatasetStore
 from tunewright.registry import AdapterRecord, DatasetProvenance, Registry, ReportSummary, VersionTaken
 from tunewright.storage import S3Storage, Storage, open_storage
@@ -73,6 +74,17 @@ def test_exclusive_multipart_upload_on_s3(s3_root: str, tmp_path: Path) -> None:
     assert root.size("w.bin") == big.stat().st_size
     with pytest.raises(FileExistsError):
         root.upload_file(big, "w.bin", exclusive=True)
+
+
+def test_an_exclusive_multipart_upload_whose_completion_answer_was_lost_is_ours(s3_root: str, s3_faults: FaultProxy,
+                                                                               tmp_path: Path) -> None:
+    root = S3Storage(s3_root, multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20)
+    big = tmp_path / "big"
+    big.write_bytes(bytes(range(256)) * (11 * 2**20 // 256))
+    s3_faults.fail_next("lost", method="POST", path="uploadId=")  # CompleteMultipartUpload
+    root.upload_file(big, "w.bin", exclusive=True)
+    assert len(s3_faults.injected("lost")) == 1
+    assert root.read_bytes("w.bin") == big.read_bytes()
 
 
 @pytest.mark.parametrize("trial", range(3))
@@ -144,3 +156,41 @@ def test_an_interrupted_registration_is_never_reused_and_a_corrupt_record_is_ski
     registry.adapters.write_bytes("songs-sft/1/record.json", b"{not json")
     assert [r.version for r in registry.list()] == [3]
     assert "songs-sft/1/record.json is corrupt" in caplog.text
+
+
+def test_a_conditional_write_whose_answer_was_lost_is_recognised_as_ours(s3_root: str, s3_faults: FaultProxy,
+                                                                        tmp_path: Path) -> None:
+    """The server stores a conditional PUT but its answer never arrives; botocore sends it again and gets 412.
+    That is our own write (the stored object is what we sent), not a conflict."""
+    root = open_storage(s3_root)
+    s3_faults.fail_next("lost", method="PUT", path="/a/meta.json")
+    root.write_bytes("a/meta.json", b'{"id": "a"}', exclusive=True)
+    (tmp_path / "f").write_bytes(b"weights" * 1000)
+    s3_faults.fail_next("lost", method="PUT", path="/a/adapter_model.safetensors")
+    root.upload_file(tmp_path / "f", "a/adapter_model.safetensors", exclusive=True)
+    assert len(s3_faults.injected("lost")) == 2
+    assert root.read_bytes("a/meta.json") == b'{"id": "a"}'
+    assert root.read_bytes("a/adapter_model.safetensors") == b"weights" * 1000
+
+    # Someone else's object stays a conflict, answer lost or not.
+    for lost in ("lost", "ok"):
+        s3_faults.fail_next(lost, method="PUT", path="/a/meta.json")
+        with pytest.raises(FileExistsError, match=r"a/meta\.json already exists"):
+            root.write_bytes("a/meta.json", b'{"id": "b"}', exclusive=True)
+        s3_faults.fail_next(lost, method="PUT", path="/a/adapter_model.safetensors")
+        (tmp_path / "g").write_bytes(b"other" * 1000)
+        with pytest.raises(FileExistsError):
+            root.upload_file(tmp_path / "g", "a/adapter_model.safetensors", exclusive=True)
+    assert root.read_bytes("a/meta.json") == b'{"id": "a"}'
+
+
+def test_an_import_and_a_registration_survive_lost_answers(s3_root: str, s3_faults: FaultProxy,
+                                                           tmp_path: Path) -> None:
+    root = open_storage(s3_root)
+    s3_faults.fail_next("lost", "lost", method="PUT", path="/datasets/songs/")
+    meta = DatasetStore(root).import_file("songs", _rows(tmp_path / "a.jsonl", "alpha"), "rated")
+    assert len(DatasetStore(root).rows("songs")) == 20 and DatasetStore(root).meta("songs").digest == meta.digest
+    s3_faults.fail_next("lost", "lost", method="PUT", path="/adapters/songs-sft/1/")
+    Registry(root).register(_record("songs-sft", 1, "a"), files={"adapter_model.safetensors": b"w" * 100})
+    assert [r.version for r in Registry(root).list()] == [1]
+    assert len(s3_faults.injected("lost")) == 4

@@ -98,13 +98,14 @@ def s3_faults(moto_endpoint: str, s3_env: dict[str, str], monkeypatch: pytest.Mo
 
 # Kinds of fault: an S3 error response, a dropped connection ("reset": RST after reading the request),
 # "truncate" (forward, then cut the response body in half and reset), "stall" (hold the request until the
-# proxy is healed or closed, then forward), "bad-etag" (forward, but report a wrong ETag).
+# proxy is healed or closed, then forward), "bad-etag" (forward, but report a wrong ETag), "lost" (forward,
+# so the server acts on the request, then reset instead of answering: the client cannot tell it happened).
 ERRORS = {
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
     "503": (503, "ServiceUnavailable", "Service is unable to handle request."),
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
 }
-KINDS = (*ERRORS, "reset", "truncate", "stall", "bad-etag")
+KINDS = (*ERRORS, "reset", "truncate", "stall", "bad-etag", "lost")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "te", "trailer", "upgrade",
                "proxy-connection", "content-length"}
 
@@ -157,6 +158,12 @@ class FaultProxy:
 
     def fail_always(self, kind: str, *, method: str | None = None, path: str | None = None) -> None:
         self._add(itertools.repeat(_checked([kind])[0]), method, path)
+
+    def fail_for(self, seconds: float, kind: str, *, method: str | None = None, path: str | None = None) -> None:
+        """Every matching request fails with `kind` for the next `seconds`; then the rule is used up."""
+        deadline = time.monotonic() + seconds
+        self._add(itertools.takewhile(lambda _: time.monotonic() < deadline, itertools.repeat(_checked([kind])[0])),
+                  method, path)
 
     def heal(self) -> None:
         """Drop every rule and let stalled requests through."""
@@ -267,6 +274,9 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "stall":
             proxy._hold()
         status, headers, data = proxy._forward(self.command, self.path, list(self.headers.items()), body)
+        if kind == "lost":
+            self._reset()
+            return
         self.send_response(status)
         for key, value in headers:
             if key.lower() == "etag" and kind == "bad-etag":

@@ -101,10 +101,10 @@ _BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         ("rec.yaml", "a: &a [*a]\n", r"rec\.yaml:1: not valid YAML: recursive alias"),
         ("rec2.yaml", "a: &a {b: *a}\n", r"rec2\.yaml:1: not valid YAML: recursive alias"),
         ("dup.yaml", "method: sft\ntraining:\n  epochs: 1\n  epochs: 2\n", r"dup\.yaml:4: .*duplicate key 'epochs'"),
-        ("dup.json", '{"method": "sft", "method": "dpo"}', r"dup\.json: not valid JSON: duplicate key 'method'"),
+        ("dup.json", '{"method": "sft",\n "method": "dpo"}', r"dup\.json:2: not valid JSON: duplicate key 'method'"),
         ("deep.yaml", "[" * 100_000 + "]" * 100_000, r"deep\.yaml:1: not valid YAML: nesting deeper than 64"),
         ("deep.json", "[" * 100_000 + "]" * 100_000, r"deep\.json: not valid JSON: nested too deeply"),
-        ("nan.json", '{"training": {"learningRate": NaN}}', r"nan\.json: not valid JSON: NaN is not a JSON number"),
+        ("nan.json", '{"training":\n {"learningRate": NaN}}', r"nan\.json:2: not valid JSON: NaN is not a JSON number"),
         ("empty.yaml", "", r"empty\.yaml is empty"),
         ("comment.yaml", "# nothing\n", r"comment\.yaml is empty"),
         ("max.yaml", "training:\n  maxSteps: true\n", r"training\.maxSteps = true: must be an integer"),
@@ -158,4 +158,17 @@ def test_problems_in_a_yaml_file_name_their_line_and_overrides_name_the_flag(tmp
         '--set training.epochs = "x": must be an integer (not a boolean, string or fraction)',
         "line 4: training.maxSteps = true: must be an integer (not a boolean, string or fraction)",
         "line 6: lora.targetModules.1 = 3: must be a string (quote it)",
+    ]
+
+
+def test_problems_in_a_json_file_name_their_line(tmp_path: Path) -> None:
+    (tmp_path / "c.json").write_text('{\n  "method": "sft",\n  "training": {"epochs": 1,\n    "maxSteps": true},\n'
+                                     '  "lora": {"targetModules": [\n    "q",\n    3]},\n  "extra": {"a": [1]}\n}\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "c.json", {"training.epochs": "x"})
+    assert err.value.problems == [
+        '--set training.epochs = "x": must be an integer (not a boolean, string or fraction)',
+        "line 4: training.maxSteps = true: must be an integer (not a boolean, string or fraction)",
+        "line 7: lora.targetModules.1 = 3: must be a string (quote it)",
+        "line 8: extra: unknown field",
     ]

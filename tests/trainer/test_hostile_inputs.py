@@ -256,7 +256,7 @@ BAD_CONFIGS = [  # (file name, content, message)
     ("c.yaml", "a: &a [*a]\n", "c.yaml:1: not valid YAML: recursive alias"),
     ("c.yaml", "method: sft\nmethod: dpo\n", "c.yaml:2: not valid YAML: duplicate key 'method'"),
     ("c.yaml", "training:\n  epochs: 1\n  epochs: 2\n", "c.yaml:3: not valid YAML: duplicate key 'epochs'"),
-    ("c.json", '{"method": "sft", "method": "dpo"}', "duplicate key 'method'"),
+    ("c.json", '{"method": "sft",\n "method": "dpo"}', "c.json:2: not valid JSON: duplicate key 'method'"),
     ("c.yaml", "[" * 100_000, "nesting deeper than 64 levels"),
     ("c.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ("c.yaml", "- 1\n- 2\n", "the top level must be a mapping"),
@@ -274,7 +274,7 @@ BAD_CONFIGS = [  # (file name, content, message)
     ("c.yaml", "training: {epochs: '3'}\n", "training.epochs = \"3\": must be an integer"),
     ("c.yaml", "training: {epochs: 2.5}\n", "training.epochs = 2.5: must be an integer"),
     ("c.yaml", "training: {learningRate: yes}\n", "training.learningRate = true: must be a number"),
-    ("c.json", '{"training": {"learningRate": "1e-3"}}', "training.learningRate = \"1e-3\": must be a number"),
+    ("c.json", '{"training": {\n"learningRate": "1e-3"}}', "line 2: training.learningRate = \"1e-3\": must be a"),
     ("c.yaml", "training: {learningRate: 0}\n", "training.learningRate = 0: must be > 0 and <= 1"),
     ("c.yaml", "training: {lr: 1}\n", "training.lr: unknown field"),
     ("c.yaml", "method: ppo\n", "method = \"ppo\""),
@@ -361,6 +361,25 @@ def test_damaged_storage(world: dict[str, Any], capsys: pytest.CaptureFixture[st
                                           "--resume", "auto", "--quiet"], 1, expected, prepare)
 
 
+def test_a_bad_field_found_after_the_model_loads_prints_one_line_and_stores_nothing(
+        world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """transformers is imported (by earlier tests here; by any host program) before main() runs, so the
+    environment variable that turns its bars off is read too late: --quiet must still show no
+    'Loading weights' bar."""
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
+    hf_logging.enable_progress_bar()
+    try:
+        _check(world, capsys, tw_train.main, ["--dataset", "songs", "--storage", world["uri"], "--metrics-port", "0",
+                                              "--set", "lora.targetModules=[nope]", "--quiet"],
+               1, "Target modules {'nope'} not found in the base model")
+    finally:
+        (hf_logging.enable_progress_bar if before[0] else hf_logging.disable_progress_bar)()
+        (hub_utils.disable_progress_bars if before[1] else hub_utils.enable_progress_bars)()
+
+
 # -- faults that need a real process, a thread or the OS ---------------------------------------------------
 
 def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -418,6 +437,107 @@ def test_exact_duplicate_rows_are_imported_with_a_warning_and_a_count(world: dic
     assert "rows.jsonl: 2 of 4 rows repeat an earlier row exactly" in proc.stderr, proc.stderr
 
 
+# -- signals: a real process signals itself at a chosen point (before or after a named function) ----------
+
+_SIGNAL_AT = """
+import importlib, os, signal, sys
+target, when, name, cli, *argv = sys.argv[1:]
+module, _, qualname = target.partition(":")
+owner = importlib.import_module(module)
+*path, attr = qualname.split(".")
+for part in path:
+    owner = getattr(owner, part)
+original, sent = getattr(owner, attr), []
+
+def wrapper(*args, **kwargs):
+    if when == "before" and not sent:
+        sent.append(os.kill(os.getpid(), getattr(signal, name)))
+    result = original(*args, **kwargs)
+    if when == "after" and not sent:
+        sent.append(os.kill(os.getpid(), getattr(signal, name)))
+    return result
+
+setattr(owner, attr, wrapper)
+sys.exit(importlib.import_module(cli).main(argv))
+"""
+
+
+def _signalled(target: str, when: str, name: str, cli: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _SIGNAL_AT, target, when, name, cli, *argv], text=True,
+                          capture_output=True, timeout=300)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str], code: int, expected: str) -> None:
+    """The exit code, and the error as the last and only error line (log lines may come before it)."""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert errors == [proc.stderr.splitlines()[-1]] and expected in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "%|" not in proc.stderr
+
+
+IMPORT_SIGNALS = [  # (where the signal arrives, signal, exit code, message)
+    (("tunewright.data.store:DatasetStore._claim", "after"), "SIGINT", 130, "error: interrupted (SIGINT)"),
+    (("tunewright.data.store:DatasetStore._claim", "after"), "SIGTERM", 1, "error: terminated (SIGTERM)"),
+    (("os:fsync", "after"), "SIGTERM", 1, "error: terminated (SIGTERM)"),  # mid-write of samples.jsonl
+    (("os:fsync", "after"), "SIGINT", 130, "error: interrupted (SIGINT)"),
+]
+
+
+@pytest.mark.parametrize(("point", "name", "code", "expected"), IMPORT_SIGNALS)
+def test_a_signal_during_import_ends_in_one_line_and_the_same_import_then_finishes(
+        world: dict[str, Any], capsys: pytest.CaptureFixture[str], point: tuple[str, str], name: str, code: int,
+        expected: str) -> None:
+    path = _input(world, "rows.jsonl", "".join(_rated(completion=f"c{i}") + "\n" for i in range(30)))
+    proc = _signalled(*point, name, "tunewright.cli.main", "--storage", world["uri"], "dataset", "import", "new",
+                      path, "--kind", "rated")
+    _one_error_line(proc, code, expected)
+    datasets = world["tmp"] / "root" / "datasets"
+    assert not (datasets / "new" / "meta.json").exists()  # not published, not half-published
+    assert not [p for p in datasets.rglob(".*")], "a temp file was left behind"
+    assert tw.main(["--storage", world["uri"], "dataset", "list"]) == 0
+    assert " new " not in capsys.readouterr().out
+    assert tw.main(["--storage", world["uri"], "dataset", "import", "new", path, "--kind", "rated"]) == 0
+    assert len(DatasetStore(world["root"]).rows("new")) == 30  # digest checked
+    assert [m.id for m in DatasetStore(world["root"]).list()] == ["new", "prefs", "songs"]
+
+
+TRAIN = ["--dataset", "songs", "--run-id", "sig", "--metrics-port", "0", "--quiet"]
+TRAIN_SIGNALS = [  # (where the signal arrives, signal, exit code, message, progress.json state afterwards)
+    (("tunewright.training.run:load_base", "after"), "SIGTERM", 1, "error: terminated (SIGTERM)", None),
+    (("tunewright.training.run:load_base", "after"), "SIGINT", 130, "error: interrupted (SIGINT)", None),
+    (("tunewright.training.checkpoints:CheckpointStore.commit", "after"), "SIGINT", 130, "error: interrupted (SIGINT)",
+     "failed"),
+    (("tunewright.training.checkpoints:CheckpointStore.commit", "after"), "SIGTERM", 143,
+     "; checkpoint committed", "interrupted"),
+    (("tunewright.registry:Registry.register", "before"), "SIGINT", 130, "error: interrupted (SIGINT)", "failed"),
+    (("tunewright.registry:Registry.register", "before"), "SIGTERM", 1, "error: terminated (SIGTERM)", "failed"),
+]
+
+
+@pytest.mark.parametrize(("point", "name", "code", "expected", "state"), TRAIN_SIGNALS)
+def test_a_signal_during_training_ends_in_one_line_and_a_resume_publishes_once(
+        world: dict[str, Any], capsys: pytest.CaptureFixture[str], point: tuple[str, str], name: str, code: int,
+        expected: str, state: str | None) -> None:
+    proc = _signalled(*point, name, "tunewright.cli.train", "--storage", world["uri"], *TRAIN)
+    _one_error_line(proc, code, expected)
+    root, run = world["root"], world["tmp"] / "root" / "runs" / "sig"
+    assert not (run / "result.json").exists()
+    assert [r.run_id for r in Registry(root).list()] == ["songs-sft-r1"]  # nothing registered
+    if state is None:  # before the run was recorded: nothing stored at all
+        assert not run.exists()
+    else:
+        progress = json.loads((run / "progress.json").read_text())
+        assert progress["state"] == state, progress
+        assert state != "failed" or progress["message"] == expected.removeprefix("error: ")
+    if "CheckpointStore.commit" in point[0]:  # the checkpoint being uploaded was committed before the exit
+        assert list(run.glob("checkpoints/checkpoint-*/manifest.json")), proc.stderr[-3000:]
+    capsys.readouterr()
+    assert tw_train.main(["--storage", world["uri"], *TRAIN, "--resume", "auto"]) == 0
+    assert capsys.readouterr().out.strip() == f"{world['uri']}/adapters/songs-sft/2"
+    assert [(r.version, r.run_id) for r in Registry(root).list()] == [(1, "songs-sft-r1"), (2, "sig")]
+    assert json.loads((run / "progress.json").read_text())["state"] == "completed"
+
+
 def test_the_corpus_has_at_least_a_hundred_cases() -> None:
     assert len(BAD_ROWS) + len(BAD_IMPORTS) + len(BAD_LOOKUPS) + len(BAD_CONFIGS) + len(BAD_FLAGS) + len(DAMAGED) \
-        + 5 >= 100
+        + len(IMPORT_SIGNALS) + len(TRAIN_SIGNALS) + 6 >= 100

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from tunewright.documents import DocumentError, Lines, decode, is_yaml_name, parse_json, parse_yaml_lines
+from tunewright.documents import DocumentError, Lines, decode, is_yaml_name, parse_json_lines, parse_yaml_lines
 from tunewright.ids import DNS1123_PATTERN
 
 Method = Literal["sft", "dpo", "ranking"]
@@ -271,7 +271,8 @@ def validate(data: dict[str, Any], model: type[Spec] = TrainingConfig, source: s
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainingConfig:
-    """Read a YAML (.yaml/.yml, any case) or JSON config file, apply dotted camelCase overrides, validate."""
+    """Read a YAML (.yaml/.yml, any case) or JSON config file, apply dotted camelCase overrides, validate;
+    problems name the line of their field in the file (or the --set flag)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -281,10 +282,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         raise ConfigError([], str(path), f"{path} is empty; a config is a mapping such as 'method: sft'")
     at: Lines = {}
     try:
-        if is_yaml_name(path.name):
-            data, at = parse_yaml_lines(decode(raw, str(path)), str(path))
-        else:
-            data = parse_json(decode(raw, str(path)), str(path))
+        parse = parse_yaml_lines if is_yaml_name(path.name) else parse_json_lines
+        data, at = parse(decode(raw, str(path)), str(path))
     except DocumentError as err:
         raise ConfigError([str(err)], str(path), str(err)) from None
     if data is None:

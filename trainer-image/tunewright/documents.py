@@ -4,8 +4,9 @@ Contract: `parse_document` returns plain data (dicts, lists, scalars) or raises 
 is one line naming the source, the line where it can, and what is allowed. Refused: documents over
 MAX_BYTES, bytes that are not UTF-8, nesting deeper than MAX_DEPTH, duplicate mapping keys (YAML and JSON
 would otherwise silently keep the last), recursive YAML aliases, and aliases that expand to more than
-MAX_NODES nodes (the "billion laughs" bomb). YAML numbers follow YAML 1.2, so `1e-4` is a float as in
-JSON (PyYAML's YAML 1.1 resolver reads it as a string).
+MAX_NODES nodes (the "billion laughs" bomb). `parse_yaml_lines` / `parse_json_lines` also return the line of
+every key and list item, so that a problem found later (validation) can name its line. YAML numbers follow
+YAML 1.2, so `1e-4` is a float as in JSON (PyYAML's YAML 1.1 resolver reads it as a string).
 
 PyYAML has no such limits of its own, hence this module; the pure-Python SafeLoader is used because the
 limits hook into its composer (config files are small, speed does not matter here).
@@ -13,6 +14,8 @@ limits hook into its composer (config files are small, speed does not matter her
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import json
 import re
 from typing import Any
@@ -175,16 +178,75 @@ def _no_constant(name: str) -> Any:
 
 
 def parse_json(text: str, source: str) -> Any:
+    return parse_json_lines(text, source)[0]
+
+
+def parse_json_lines(text: str, source: str) -> tuple[Any, Lines]:
+    """As parse_yaml_lines, for JSON. A duplicate key or a NaN/Infinity names its line too."""
     if len(text) > MAX_BYTES:
         raise DocumentError(f"{source}: {len(text)} characters; documents of at most {MAX_BYTES} are allowed")
     try:
-        return json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_no_constant)
+        data = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_no_constant)
     except json.JSONDecodeError as err:
         raise DocumentError(f"{source}:{err.lineno}: not valid JSON: {err.msg} (column {err.colno})") from None
     except DocumentError as err:
-        raise DocumentError(f"{source}: not valid JSON: {err}") from None
+        line = _JsonLines(text).problem
+        raise DocumentError(f"{source}{f':{line}' if line else ''}: not valid JSON: {err}") from None
     except RecursionError:
         raise DocumentError(f"{source}: not valid JSON: nested too deeply") from None
+    return data, _JsonLines(text).lines
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON_CONSTANTS = ("NaN", "Infinity", "-Infinity")
+
+
+class _JsonLines:
+    """The 1-based line of every key and list item of a JSON text that `json.loads` has parsed (the json
+    module reports no positions, hence this walk), and `problem`: the line of the first duplicate key or
+    NaN/Infinity constant. Its scalars are read by json's own scanner; past MAX_DEPTH it records nothing."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.lines: Lines = {}
+        self.problem: int | None = None
+        self._breaks = [i for i, ch in enumerate(text) if ch == "\n"]
+        self._scalar = json.JSONDecoder(parse_constant=str).raw_decode
+        with contextlib.suppress(ValueError, IndexError, RecursionError):  # not for text json.loads accepted
+            self._value(0, ())
+
+    def _line(self, pos: int) -> int:
+        return bisect.bisect_left(self._breaks, pos) + 1
+
+    def _skip(self, pos: int) -> int:
+        return _JSON_SPACE.match(self.text, pos).end()  # type: ignore[union-attr]
+
+    def _value(self, pos: int, path: tuple[str | int, ...]) -> int:
+        pos = self._skip(pos)
+        opener = self.text[pos]
+        if opener not in "{[" or len(path) > MAX_DEPTH:
+            value, end = self._scalar(self.text, pos)
+            if value in _JSON_CONSTANTS and self.text[pos] != '"' and self.problem is None:
+                self.problem = self._line(pos)
+            return end
+        closer, seen, index = ("}" if opener == "{" else "]"), set(), 0
+        pos = self._skip(pos + 1)
+        while self.text[pos] != closer:
+            if opener == "{":
+                key, end = json.decoder.scanstring(self.text, pos + 1)
+                if key in seen and self.problem is None:
+                    self.problem = self._line(pos)
+                seen.add(key)
+                self.lines.setdefault((*path, key), self._line(pos))
+                pos = self._value(self._skip(end) + 1, (*path, key))  # past the ':'
+            else:
+                self.lines.setdefault((*path, index), self._line(self._skip(pos)))
+                pos = self._value(pos, (*path, index))
+                index += 1
+            pos = self._skip(pos)
+            if self.text[pos] == ",":
+                pos = self._skip(pos + 1)
+        return pos + 1
 
 
 def parse_document(data: bytes, source: str, yaml_syntax: bool) -> Any:

@@ -14,6 +14,11 @@ exported as a Prometheus gauge by the trainer.
 `put()` never blocks the training loop, a newer `put()` of the same key replaces the pending one, and
 `drain()` waits until everything is stored. (botocore retries for seconds, not minutes, and has no notion of
 "latest wins"; hence these by hand.)
+
+`RetryingStorage` is a Storage whose every request goes through an Outage (publication uses it: adapter
+upload, registry, result.json). An exclusive write refused as existing after an earlier attempt of the same
+write failed transiently is ours when the stored bytes are the ones sent (that attempt was stored, its answer
+lost), so a retried publication never mistakes its own files for a concurrent writer's.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from tunewright.storage import Storage, StorageError
@@ -129,11 +135,14 @@ class LatestWriter:
                 self._thread.start()
             self._changed.notify_all()
 
-    def drain(self) -> None:
-        """Wait until every queued write is stored; raise the failure if one failed for good."""
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every queued write is stored (False: `timeout` seconds passed first); raise the failure
+        if one failed for good."""
         with self._changed:
-            self._changed.wait_for(lambda: self._failure is not None or not (self._pending or self._busy))
+            done = self._changed.wait_for(lambda: self._failure is not None or not (self._pending or self._busy),
+                                          timeout)
         self.check()
+        return done
 
     def check(self) -> None:
         if self._failure is not None:
@@ -158,3 +167,63 @@ class LatestWriter:
             with self._changed:
                 self._busy = False
                 self._changed.notify_all()
+
+
+class RetryingStorage(Storage):
+    """`inner` with every request retried through `outage` while the store is unreachable."""
+
+    def __init__(self, inner: Storage, outage: Outage):
+        self.inner = inner
+        self.outage = outage
+        self.uri = inner.uri
+
+    def child(self, *parts: str) -> Storage:
+        return RetryingStorage(self.inner.child(*parts), self.outage)
+
+    def local_path(self) -> Path | None:
+        return self.inner.local_path()
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.outage.call(lambda: self.inner.read_bytes(key), f"reading {key}")
+
+    def exists(self, key: str) -> bool:
+        return self.outage.call(lambda: self.inner.exists(key), f"checking {key}")
+
+    def list(self, prefix: str = "") -> list[str]:
+        return self.outage.call(lambda: self.inner.list(prefix), f"listing {prefix or '/'}")
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        return self.outage.call(lambda: self.inner.sizes(prefix), f"listing {prefix or '/'}")
+
+    def size(self, key: str) -> int:
+        return self.outage.call(lambda: self.inner.size(key), f"checking {key}")
+
+    def delete(self, prefix: str) -> None:
+        self.outage.call(lambda: self.inner.delete(prefix), f"deleting {prefix}")
+
+    def download_file(self, key: str, local: str | Path) -> None:
+        self.outage.call(lambda: self.inner.download_file(key, local), f"downloading {key}")
+
+    def write_bytes(self, key: str, data: bytes, exclusive: bool = False) -> None:
+        self._write(lambda: self.inner.write_bytes(key, data, exclusive), key, lambda: data, f"writing {key}")
+
+    def upload_file(self, local: str | Path, key: str, exclusive: bool = False) -> None:
+        self._write(lambda: self.inner.upload_file(local, key, exclusive), key, Path(local).read_bytes,
+                    f"uploading {key}")
+
+    def _write(self, action: Callable[[], None], key: str, sent: Callable[[], bytes], what: str) -> None:
+        failed = False
+
+        def attempt() -> None:
+            nonlocal failed
+            try:
+                action()
+            except StorageError as err:
+                failed = failed or err.transient
+                raise
+            except FileExistsError:
+                if not (failed and self.inner.read_bytes(key) == sent()):
+                    raise
+                log.info("%s/%s: stored by an attempt whose answer was lost", self.uri, key)
+
+        self.outage.call(attempt, what)

@@ -3,8 +3,9 @@
 Keys are '/'-separated paths relative to the root. Writes are atomic for readers: a local file appears
 whole (temp file + rename) and an S3 object appears whole by S3's own semantics. An `exclusive` write
 creates the key only if it does not exist (a hard link of the temp file, or S3's conditional write
-`If-None-Match: *`): of concurrent writers exactly one succeeds, the others get FileExistsError. A failed
-local write removes its temp file. S3 settings (endpoint,
+`If-None-Match: *`): of concurrent writers exactly one succeeds, the others get FileExistsError (an S3
+write whose answer was lost and whose retry then meets its own object is recognised by size and MD5 ETag, and
+succeeds). A failed local write removes its temp file. S3 settings (endpoint,
 region, credentials) come from the standard AWS environment/config, so AWS, MinIO and Ceph all work;
 retries of transient errors (5xx, throttling, resets) use botocore's standard retry mode; once those are spent
 the StorageError says `transient` (see tunewright.outages for riding out longer outages). Large files are
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import random
 import shutil
@@ -29,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 DEFAULT_ROOT = "file://./.tunewright"
+log = logging.getLogger(__name__)
 
 
 class StorageError(RuntimeError):
@@ -308,6 +311,10 @@ _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
            "InvalidToken"}
 
 
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
 def _md5_range(path: Path, offset: int, length: int) -> Any:
     digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as fh:
@@ -410,8 +417,34 @@ class S3Storage(Storage):
         raise AssertionError("unreachable")
 
     def write_bytes(self, key: str, data: bytes, exclusive: bool = False) -> None:
-        with self._errors("write", key):
+        with self._errors("write", key), self._own_retried_write(key, len(data), _md5(data) if exclusive else None):
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **_if_new(exclusive))
+
+    @contextmanager
+    def _own_retried_write(self, key: str, size: int, etag: str | None) -> Iterator[None]:
+        """An exclusive write (`etag` given: the ETag it stores) that botocore sent again because the answer to
+        the first attempt was lost, although the server had stored it, is refused by its own condition (412,
+        or NoSuchUpload for a completed multipart upload). It succeeded when the stored object is the one
+        sent: same size and ETag (MD5). A first attempt refused is always a conflict; so is an encrypted
+        object, whose ETag is no MD5. (Another writer that stored identical bytes meanwhile is taken for us:
+        both wrote the same thing.)"""
+        from botocore.exceptions import ClientError
+
+        try:
+            yield
+        except ClientError as err:
+            meta = err.response.get("ResponseMetadata", {})
+            if etag is None or not meta.get("RetryAttempts") or _error_code(err) not in {*_EXISTS, "NoSuchUpload"}:
+                raise
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError:
+                raise err from None
+            ours = (int(head["ContentLength"]) == size and head["ETag"].strip('"') == etag
+                    and not head.get("ServerSideEncryption") and not head.get("SSECustomerAlgorithm"))
+            if not ours:
+                raise
+            log.info("%s: stored by an attempt whose answer was lost (its retry found it)", self._uri(key))
 
     def exists(self, key: str) -> bool:
         """True for an object, and (like a local directory) for a prefix with objects under it."""
@@ -473,7 +506,8 @@ class S3Storage(Storage):
         sends a CRC32 checksum with every PUT and part, which the server verifies."""
         local = Path(local)
         size = local.stat().st_size
-        with self._errors("upload to", key):
+        etag = s3_etag(local, self.multipart_threshold, self.multipart_chunksize) if exclusive else None
+        with self._errors("upload to", key), self._own_retried_write(key, size, etag):
             if size < self.multipart_threshold:
                 # One PUT: boto3's transfer manager starts a thread pool per file, which costs more CPU than
                 # uploading a small file (a checkpoint is ~10 of them, uploaded while training runs).
@@ -483,12 +517,13 @@ class S3Storage(Storage):
                 self._upload_parts_if_new(local, key, size)
             else:
                 self.client.upload_file(str(local), self.bucket, self._key(key), Config=self._transfer_config())
+        with self._errors("upload to", key):
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         if int(head["ContentLength"]) != size:
             raise StorageError(f"upload of {local} to {self._uri(key)} stored {head['ContentLength']} bytes, "
                                f"expected {size}")
         if not head.get("ServerSideEncryption") and not head.get("SSECustomerAlgorithm"):
-            expected = s3_etag(local, self.multipart_threshold, self.multipart_chunksize)
+            expected = etag or s3_etag(local, self.multipart_threshold, self.multipart_chunksize)
             if head["ETag"].strip('"') != expected:
                 raise StorageError(f"upload of {local} to {self._uri(key)} is corrupt: ETag {head['ETag']}, "
                                    f"expected {expected!r}")

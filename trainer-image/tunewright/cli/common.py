@@ -1,11 +1,14 @@
-"""What both CLIs share: one-line errors and a non-zero exit, the termination log Kubernetes reads."""
+"""What both CLIs share: one-line errors and a non-zero exit, the termination log Kubernetes reads; Ctrl-C
+(exit 130) and SIGTERM outside the training loop (exit 1) end in one line too."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,11 +34,25 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which checkpoints on it instead). It unwinds like Ctrl-C, so that
+    a write in progress removes its temp file and a run marks itself failed before the one-line exit. Exit
+    code 1, not 143: 143 says a checkpoint was committed (see tunewright.training.run)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated("terminated (SIGTERM)")
+
+
 def run_cli(body: Callable[[], int]) -> int:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return body()
+    except Terminated as err:
+        return fail(str(err), 1)
     except KeyboardInterrupt:
-        return fail("interrupted", 130)
+        return fail("interrupted (SIGINT)", 130)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a shell tool does
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -44,3 +61,6 @@ def run_cli(body: Callable[[], int]) -> int:
         if os.environ.get("TUNEWRIGHT_DEBUG"):
             raise
         return fail(f"{type(err).__name__}: {err}" if not str(err) else str(err))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -93,6 +93,8 @@ def train(args: argparse.Namespace, argv: list[str]) -> int:
             return distributed(args, config, topo, argv)
     from tunewright.training.run import Run, TrainingInterrupted  # torch loads only after the config is valid
 
+    if args.quiet:
+        _no_library_bars()
     try:
         outcome = Run(config, root, args.run_id, args.resume,
                       args.metrics_port or None, display=not args.quiet).execute()
@@ -101,6 +103,17 @@ def train(args: argparse.Namespace, argv: list[str]) -> int:
     if outcome.result is not None and launch.is_main():  # one line, from rank 0 of a multi-process run
         print(outcome.result.adapter_uri)
     return 0
+
+
+def _no_library_bars() -> None:
+    """Turn off transformers' and the Hub's progress bars ("Loading weights", downloads). Both read
+    HF_HUB_DISABLE_PROGRESS_BARS (set by main() for torchrun's workers) only when first imported, which a
+    host program or test may have done before main() ran."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils.logging import disable_progress_bar
+
+    disable_progress_bars()
+    disable_progress_bar()
 
 
 def _visible_gpus(config: TrainingConfig) -> int | None:

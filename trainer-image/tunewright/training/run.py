@@ -24,7 +24,7 @@ from tunewright.data.rows import Row
 from tunewright.data.split import split_by_prompt
 from tunewright.data.store import DatasetMeta, DatasetStore, load_rows, open_dataset
 from tunewright.models.loading import load_base
-from tunewright.outages import Outage
+from tunewright.outages import Outage, RetryingStorage
 from tunewright.registry import (
     AdapterRecord,
     DatasetProvenance,
@@ -34,7 +34,19 @@ from tunewright.registry import (
     VersionTaken,
 )
 from tunewright.reporting.page import render
-from tunewright.runs import ADAPTER, CONFIG, METRICS, REPORT, REPORT_PAGE, RESULT, RunResult, RunStore
+from tunewright.runs import (
+    ADAPTER,
+    CONFIG,
+    METRICS,
+    PROGRESS,
+    REPORT,
+    REPORT_PAGE,
+    RESULT,
+    Progress,
+    RunResult,
+    RunStore,
+    now_iso,
+)
 from tunewright.storage import Storage
 from tunewright.training.callbacks import (
     CommitCheckpointCallback,
@@ -56,6 +68,7 @@ log = logging.getLogger(__name__)
 PUBLISH_ATTEMPTS = 20
 GRACE_ENV = "TUNEWRIGHT_TERMINATION_GRACE_SECONDS"  # the pod's terminationGracePeriodSeconds
 GRACE_MARGIN = 10.0  # seconds of the grace period kept for writing progress.json and exiting
+FAILED_WAIT_SECONDS = 30.0  # how long a failing run waits for its last checkpoint, then for progress.json
 
 
 class RunError(RuntimeError):
@@ -247,6 +260,9 @@ class Run:
         self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last,
                                            outage=self.outage)
         self.committed: dict[int, Any] = {}  # checkpoints committed by this process, retention's victims too
+        self._logger: RunLogCallback | None = None  # progress.json's writer once training is set up
+        self._grace_spent = False  # SIGTERM's checkpoint missed the grace period: exit without waiting
+        self._started = False  # past every refusal: the run is this attempt's to mark failed
 
     def execute(self) -> Outcome:
         """Everything that can be checked without the model is checked before anything is written: the
@@ -268,8 +284,48 @@ class Run:
         work = Path(tempfile.mkdtemp(prefix=f"tunewright-{self.run.run_id}-"))
         try:
             return self._train(work, dataset, objective, start)
+        except TrainingInterrupted:
+            raise
+        except BaseException as err:
+            late = self._grace_spent  # SIGTERM's grace period is nearly over: no more waiting for uploads
+            self._finish_commits(0.0 if late else FAILED_WAIT_SECONDS)
+            self._mark_failed(err, GRACE_MARGIN / 2 if late else FAILED_WAIT_SECONDS)
+            raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _finish_commits(self, timeout: float) -> None:
+        """A failing run lets the checkpoint it is uploading commit (for `timeout` seconds), so that a retry
+        resumes from it; its files are in `work`, which is removed next."""
+        try:
+            if not self.checkpoints.flush(timeout=timeout):
+                log.warning("run %s: a checkpoint was still uploading after %.0f s; it is abandoned (uncommitted)",
+                            self.run.run_id, timeout)
+        except (Exception, KeyboardInterrupt) as why:  # its failure was logged where it happened
+            log.debug("checkpoint upload failed: %s", why)
+
+    def _mark_failed(self, err: BaseException, timeout: float) -> None:
+        """progress.json of a run that ends other than by success or a committed SIGTERM checkpoint says
+        `failed` and why (the CLI's error line), so that nothing polling it sees `running` forever. Only once
+        the attempt has started (a refused start or resume changes nothing stored) and best effort: when the
+        store is what failed, this cannot be written either."""
+        if not (is_main() and self._started):
+            return
+        plain = "interrupted (SIGINT)" if isinstance(err, KeyboardInterrupt) else type(err).__name__
+        reason = " ".join((str(err) or plain).split())  # a SIGTERM outside training says so (cli.common)
+        logger = self._logger
+        try:
+            if logger is not None:
+                logger.progress.state, logger.progress.message = "failed", reason
+                logger.progress.updated = now_iso()
+                logger.flush()
+                logger.writer.drain(timeout=timeout)
+            else:
+                progress = self.run.read_progress() or Progress()
+                progress.state, progress.message, progress.updated = "failed", reason, now_iso()
+                self.run.write_progress(progress)
+        except (Exception, KeyboardInterrupt) as why:
+            log.warning("could not mark run %s failed in %s: %s", self.run.run_id, PROGRESS, why)
 
     def _resume_point(self) -> CheckpointInfo | None:
         """The checkpoint to continue from: none for a new run; with `auto` the latest if any; with `latest`
@@ -302,9 +358,8 @@ class Run:
         val_ex = objective.examples(val_rows, family, config) if val_rows else []
         if not train_ex:
             raise DataError(f"dataset {dataset.meta.id!r} leaves no training examples for {config.method}")
-        record_config(self.run, config)
         set_seed(config.training.seed)  # LoRA's initialisation draws from the global RNG
-        model = with_lora(model, config, family)
+        model = with_lora(model, config, family)  # may refuse lora.targetModules
 
         resume_dir = self.checkpoints.fetch(start.name, work / "resume" / start.name) if start else None
         hf_dir = work / "hf"
@@ -312,13 +367,16 @@ class Run:
         samples_per_step = config.training.batch_size * config.training.gradient_accumulation_steps * args.world_size
         if resume_dir:
             check_resume_world(resume_dir, args.world_size, samples_per_step // args.world_size)
+        # The last refusal is behind: from here on this attempt owns the run (a failure marks it failed).
+        record_config(self.run, config)
+        self._started = True
         log.info("%s", describe_batch(args))
         trainer = ObjectiveTrainer(model=model, args=args, train_dataset=ExampleDataset(train_ex),
                                    eval_dataset=ExampleDataset(val_ex) if val_ex else None,
                                    objective=objective, family=family)
         trainer.remove_callback(PrinterCallback)
         sigterm = sigterm_callback()
-        logger = RunLogCallback(self.run, samples_per_step, trainer, self.display,
+        logger = self._logger = RunLogCallback(self.run, samples_per_step, trainer, self.display,
                                 prometheus_for(config, self.run.run_id, self.metrics_port),
                                 resumed_metric_lines(self.run, start.step) if start else [],
                                 flush_seconds=0.0 if self.root.local_path() else 5.0, outage=self.outage)
@@ -395,6 +453,7 @@ class Run:
             raise RunError(f"{GRACE_ENV} = {grace!r}: must be a number of seconds") from None
         signalled = signalled or time.monotonic()
         if not self.checkpoints.flush(timeout=max(signalled + seconds - GRACE_MARGIN - time.monotonic(), 0.0)):
+            self._grace_spent = True
             raise RunError(f"stopped by SIGTERM at step {step}, but its checkpoint could not be committed within "
                            f"the {seconds:.0f} s grace period (still uploading {time.monotonic() - signalled:.0f} s "
                            "after SIGTERM); the next attempt resumes from the last committed checkpoint")
@@ -441,10 +500,13 @@ class Run:
 
     def _publish(self, model: Any, report: dict[str, Any], dataset: Dataset, work: Path) -> RunResult:
         """Adapter and report into the run, then the registry, then result.json (the run's commit).
-        A version taken by a concurrent run of the same adapter name moves this one to the next version."""
+        A version taken by a concurrent run of the same adapter name moves this one to the next version.
+        Every request is retried while the store is unreachable, up to the outage tolerance (outages.py)."""
         adapter_dir = work / ADAPTER
         model.save_pretrained(str(adapter_dir))
-        registry = Registry(self.root)
+        root = RetryingStorage(self.root, self.outage)  # a storage outage now must not cost the trained run
+        run_dir = root.child("runs", self.run.run_id)
+        registry = Registry(root)
         existing = next((r for r in registry.list() if r.run_id == self.run.run_id), None)
         for _ in range(PUBLISH_ATTEMPTS):
             version = existing.version if existing else registry.next_version(self.name)
@@ -453,9 +515,9 @@ class Run:
             page = render(versioned, lambda name: (adapter_dir / name).read_bytes())
             (adapter_dir / REPORT).write_text(text)
             (adapter_dir / REPORT_PAGE).write_text(page)
-            self.run.dir.upload_dir(adapter_dir, ADAPTER)
-            self.run.dir.write_text(REPORT, text)
-            self.run.dir.write_text(REPORT_PAGE, page)
+            run_dir.upload_dir(adapter_dir, ADAPTER)
+            run_dir.write_text(REPORT, text)
+            run_dir.write_text(REPORT_PAGE, page)
             try:
                 record = existing or registry.register(self._record(version, versioned, dataset),
                                                        local_dir=adapter_dir)
@@ -466,7 +528,7 @@ class Run:
             raise RunError(f"adapter {self.name}: no free registry version after {PUBLISH_ATTEMPTS} attempts")
         result = RunResult(adapter_name=record.name, adapter_version=record.version, adapter_uri=record.uri,
                            report_uri=f"{record.uri}/{REPORT}", report_page_uri=f"{record.uri}/{REPORT_PAGE}")
-        self.run.dir.write_text(RESULT, result.to_json())
+        run_dir.write_text(RESULT, result.to_json())
         return result
 
     def _record(self, version: int, report: dict[str, Any], dataset: Dataset) -> AdapterRecord:
