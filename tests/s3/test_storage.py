@@ -111,6 +111,7 @@ def test_dataset_import_to_s3_and_back(s3_root: str, tmp_path: Path) -> None:
 
 def test_errors_name_the_object_and_never_the_secret(s3_root: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)  # botocore included: even its debug logs must not carry the secret
+    caplog.set_level(logging.DEBUG, logger="botocore")  # an in-process tunewright-train set it to WARNING
     messages = []
     for action in (
         lambda: open_storage(s3_root).read_bytes("missing.json"),
