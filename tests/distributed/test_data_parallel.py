@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -192,3 +193,35 @@ def test_two_processes_share_the_dpo_reference_pass(store: Storage, tmp_path: Pa
     (two_key, two), (one_key, one) = _reference_scores(store, "dpo-two"), _reference_scores(store, "dpo-one")
     assert two_key == one_key and two.shape == (total,)
     torch.testing.assert_close(two, one, atol=1e-4, rtol=1e-5)  # gathered back in the samples' order
+
+
+def _worker_pid(launcher: int, rank: int) -> int:
+    """The pid of the torchrun worker of `rank` started by the launcher process `launcher`."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher and f"RANK={rank}".encode() in env:
+            return int(proc.name)
+    raise AssertionError(f"no worker of rank {rank} under process {launcher}")
+
+
+def test_a_rank_killed_by_sigkill_is_the_one_reported_not_its_peer(store: Storage, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    termination_log = tmp_path / "termination-log"
+    monkeypatch.setenv("TUNEWRIGHT_TERMINATION_LOG", str(termination_log))
+    proc = _start(store, quick_config("songs", **PARALLEL), tmp_path, "--run-id", "rank-killed")
+    progress = store.child("runs", "rank-killed")
+    _wait_for(lambda: progress.exists("progress.json")
+              and json.loads(progress.read_text("progress.json"))["step"] >= 2, proc)
+    os.kill(_worker_pid(proc.pid, 1), signal.SIGKILL)
+    code, out, err = _finish(proc)
+    last = err.rstrip().splitlines()[-1]  # the launcher's line, after what the workers printed
+    assert last == "error: rank 1 of 2: killed by SIGKILL", err[-3000:]
+    assert code == 137 and out == ""
+    assert termination_log.read_text() == "rank 1 of 2: killed by SIGKILL"
+    assert not progress.exists("result.json")

@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "botocore", "urllib3", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return run_cli(lambda: train(args, sys.argv[1:] if argv is None else argv))
+    code = run_cli(lambda: train(args, sys.argv[1:] if argv is None else argv))
+    launch.worker_exit(code)
+    return code
 
 
 def train(args: argparse.Namespace, argv: list[str]) -> int:

@@ -16,6 +16,7 @@ Workers are recognised by the LOCAL_RANK and WORLD_SIZE torchrun gives them, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import tempfile
@@ -185,11 +186,17 @@ def _reasons(logs: Path) -> list[tuple[int, str]]:
 
 
 def first_failure(logs: Path, exit_codes: dict[int, int], world: int) -> Failure:
-    """The failure to report, from the workers' exit codes by rank: the rank whose reason was written first
-    (the cause: its peers then fail on a broken collective), else the lowest rank that exited by itself.
-    When every failed worker exited 143 (SIGTERM: checkpointed and stopped), so does the launcher."""
+    """The failure to report, from the workers' exit codes by rank: a rank killed from outside (by a signal
+    other than the SIGTERM torchrun stops the survivors with; it wrote no reason: the OOM killer, a person),
+    else the rank whose reason was written first (the cause: its peers then fail on a broken collective),
+    else the lowest rank that exited by itself. When every failed worker exited 143 (SIGTERM: checkpointed
+    and stopped), so does the launcher."""
     reasons = _reasons(logs)
-    if reasons:
+    explained = {r for r, _ in reasons}
+    killed = sorted(r for r, c in exit_codes.items() if c < 0 and -c != signal.SIGTERM and r not in explained)
+    if killed:
+        first, text = killed[0], _describe(exit_codes[killed[0]])
+    elif reasons:
         first, text = reasons[0]
     elif exit_codes:  # a rank that exited by itself, before one that torchrun then stopped with a signal
         first = min(exit_codes, key=lambda r: (exit_codes[r] < 0, r))
@@ -200,6 +207,29 @@ def first_failure(logs: Path, exit_codes: dict[int, int], world: int) -> Failure
     if exit_codes and all(_exit_code(c) == 143 for c in exit_codes.values()):
         code = 143
     return Failure(code, f"rank {first} of {world}: {text}")
+
+
+def signalled_failure(logs: Path, sig: signal.Signals) -> Failure:
+    """The launcher was stopped by `sig` (torchrun forwarded it and waited for the workers): rank 0's reason
+    and exit code, so that 143 still means "checkpoint committed" and not merely "SIGTERM was received"."""
+    reason = dict(_reasons(logs)).get(0)
+    code = _worker_exit_codes(logs).get(0)
+    if code is None:
+        return Failure(1, f"rank 0: stopped by {sig.name} and exited without saying whether its checkpoint "
+                          "was committed")
+    return Failure(code, f"rank 0: {reason or f'stopped by {sig.name}, exit code {code}'}")
+
+
+def worker_exit(code: int, env: Mapping[str, str] = os.environ) -> None:
+    """In a worker: record its exit code for the launcher (torchrun does not pass it on after a signal)."""
+    logs = env.get(WORKER_LOGS)
+    if logs and in_worker(env):
+        with contextlib.suppress(OSError):
+            (Path(logs) / f"exit-{rank(env)}").write_text(str(code))
+
+
+def _worker_exit_codes(logs: Path) -> dict[int, int]:
+    return {int(p.name.removeprefix("exit-")): int(p.read_text()) for p in logs.glob("exit-*")}
 
 
 def launch(topo: Topology, worker_args: list[str]) -> Failure | None:
@@ -218,8 +248,7 @@ def launch(topo: Topology, worker_args: list[str]) -> Failure | None:
         except ChildFailedError as err:
             return first_failure(logs, {r: f.exitcode for r, f in err.failures.items()}, topo.world_size)
         except SignalException as err:  # forwarded to the workers, which have exited: rank 0 says how
-            reasons = dict(_reasons(logs))
-            return Failure(128 + int(err.sigval), reasons.get(0, f"stopped by {err.sigval.name}"))
+            return signalled_failure(logs, err.sigval)
         finally:
             os.environ.pop(WORKER_LOGS, None)
 
