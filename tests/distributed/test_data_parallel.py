@@ -225,3 +225,27 @@ def test_a_rank_killed_by_sigkill_is_the_one_reported_not_its_peer(store: Storag
     assert code == 137 and out == ""
     assert termination_log.read_text() == "rank 1 of 2: killed by SIGKILL"
     assert not progress.exists("result.json")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_workers_die_with_a_sigkilled_launcher_and_publish_nothing(store: Storage, tmp_path: Path) -> None:
+    proc = _start(store, quick_config("songs", **PARALLEL), tmp_path, "--run-id", "orphans")
+    progress = store.child("runs", "orphans")
+    _wait_for(lambda: progress.exists("progress.json")
+              and json.loads(progress.read_text("progress.json"))["step"] >= 2, proc)
+    workers = [_worker_pid(proc.pid, r) for r in (0, 1)]
+    proc.kill()
+    _finish(proc)
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in workers):
+        assert time.monotonic() < deadline, "the workers outlived their launcher"
+        time.sleep(0.05)
+    time.sleep(1)
+    assert not progress.exists("result.json")
+    assert [r for r in Registry(store).list() if r.run_id == "orphans"] == []

@@ -74,6 +74,7 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    launch.die_with_launcher()
     launch.worker_setup()  # before anything can fail
     args = parser().parse_args(argv)
     if args.quiet:  # also the Hub's and transformers' bars ("Loading weights"), here and in torchrun's workers

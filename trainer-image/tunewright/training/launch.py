@@ -17,8 +17,10 @@ Workers are recognised by the LOCAL_RANK and WORLD_SIZE torchrun gives them, and
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -36,6 +38,9 @@ DEFAULT_MASTER_PORT = 29500
 # Launcher → workers: the directory where each worker writes its one-line failure reason (rank-<RANK>),
 # so the launcher can report the rank that failed first rather than the peers that lost it.
 WORKER_LOGS = "TUNEWRIGHT_WORKER_LOGS"
+# Launcher → workers: its pid, to tell whether it died before a worker asked to die with it.
+LAUNCHER_PID = "TUNEWRIGHT_LAUNCHER_PID"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # torchrun waits this long for workers to exit after forwarding SIGTERM (its default, 30 s, could cut a
 # checkpoint upload short); the pod's terminationGracePeriodSeconds is the real limit.
 SHUTDOWN_SECONDS = 3600
@@ -163,6 +168,21 @@ def worker_setup(env: MutableMapping[str, str] = os.environ) -> None:
         env["TUNEWRIGHT_TERMINATION_LOG"] = str(Path(logs) / f"rank-{rank(env)}")
 
 
+def die_with_launcher(env: Mapping[str, str] = os.environ) -> None:
+    """Have the kernel SIGKILL this worker when its launcher dies (Linux's PR_SET_PDEATHSIG), so that a
+    SIGKILLed launcher (exit 137 for whoever ran it) leaves no orphan training on and publishing an adapter.
+    torchrun sets no parent-death signal and Python has no prctl: hence ctypes. A launcher that died before
+    the prctl is seen by the parent pid having changed (LAUNCHER_PID, set by launch())."""
+    if not in_worker(env) or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    launcher = env.get(LAUNCHER_PID)
+    if launcher and os.getppid() != int(launcher):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @dataclass(frozen=True)
 class Failure:
     exit_code: int
@@ -242,6 +262,7 @@ def launch(topo: Topology, worker_args: list[str]) -> Failure | None:
     with tempfile.TemporaryDirectory(prefix="tunewright-workers-") as tmp:
         logs = Path(tmp)
         os.environ[WORKER_LOGS] = tmp
+        os.environ[LAUNCHER_PID] = str(os.getpid())
         try:
             run(parse_args(torchrun_args(topo, worker_args)))
             return None
@@ -251,6 +272,7 @@ def launch(topo: Topology, worker_args: list[str]) -> Failure | None:
             return signalled_failure(logs, err.sigval)
         finally:
             os.environ.pop(WORKER_LOGS, None)
+            os.environ.pop(LAUNCHER_PID, None)
 
 
 def worker_argv(argv: list[str], run_id: str) -> list[str]:
