@@ -249,3 +249,24 @@ def test_workers_die_with_a_sigkilled_launcher_and_publish_nothing(store: Storag
     time.sleep(1)
     assert not progress.exists("result.json")
     assert [r for r in Registry(store).list() if r.run_id == "orphans"] == []
+
+
+def test_a_second_trainer_of_a_run_being_written_is_refused_naming_rank_0_of_the_first(
+        store: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunewright.lease import holder_name
+
+    monkeypatch.setenv("TUNEWRIGHT_LEASE_SECONDS", "2")
+    config = quick_config("songs", **{**PARALLEL, "training.epochs": 50})  # still training when the second asks
+    first = _start(store, config, tmp_path, "--run-id", "leased", "--resume", "auto")
+    progress = store.child("runs", "leased")
+    _wait_for(lambda: progress.exists("progress.json")
+              and json.loads(progress.read_text("progress.json"))["step"] >= 2, first)
+    writer = _worker_pid(first.pid, 0)
+    code, out, err = _finish(_start(store, config, tmp_path, "--run-id", "leased", "--resume", "auto"))
+    assert code == 1 and out == "", err[-3000:]
+    assert re.fullmatch(rf"error: rank 0 of 2: run leased is being written by {re.escape(holder_name())} \(pid "
+                        rf"{writer}, since [-0-9T:+]+\), which renews its lease .*", err.rstrip().splitlines()[-1])
+    assert first.poll() is None
+    first.send_signal(signal.SIGTERM)
+    assert _finish(first)[0] == 143
+    assert json.loads(progress.read_text("lease.json"))["released"] is True

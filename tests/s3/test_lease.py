@@ -8,13 +8,15 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tunewright.lease import LEASE, LeaseLost, RunLease, RunLeaseHeld, holder_name
+from tunewright.lease import LEASE, LeaseLost, RunLease, RunLeaseHeld, holder_name, process_space
 from tunewright.storage import Storage, open_storage
 
 TIMEOUT = 1.0
@@ -33,7 +35,9 @@ def _token(run_dir: Storage) -> str:
 
 def test_a_renewed_lease_refuses_a_second_trainer_naming_its_holder(run_dir: Storage) -> None:
     first = RunLease(run_dir, "r1", timeout=TIMEOUT)
-    with first.held():
+    first.acquire()
+    first.keep()
+    try:
         began = time.monotonic()
         with pytest.raises(RunLeaseHeld) as refused:
             RunLease(run_dir, "r1", timeout=TIMEOUT).acquire()
@@ -44,10 +48,12 @@ def test_a_renewed_lease_refuses_a_second_trainer_naming_its_holder(run_dir: Sto
                         r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00\)", line), line
         assert _token(run_dir) == first.mine["token"]  # the holder's lease is untouched
         first.check()
-    assert not run_dir.exists(LEASE)  # released
+    finally:
+        first.release()
+    assert json.loads(run_dir.read_bytes(LEASE))["released"] is True
     began = time.monotonic()
-    with RunLease(run_dir, "r1", timeout=TIMEOUT).held():  # a released run is taken at once
-        assert time.monotonic() - began < TIMEOUT / 2
+    RunLease(run_dir, "r1", timeout=TIMEOUT).acquire()  # a released run is taken at once
+    assert time.monotonic() - began < TIMEOUT / 2
 
 
 def test_a_silent_lease_is_taken_over_after_its_timeout_and_its_holder_is_fenced_off(
@@ -71,16 +77,18 @@ def test_a_silent_lease_is_taken_over_after_its_timeout_and_its_holder_is_fenced
     assert _token(run_dir) == second.mine["token"]
     second.fence()
     second.release()
-    assert not run_dir.exists(LEASE)
+    assert json.loads(run_dir.read_bytes(LEASE)) | {"renewed": 0} == {**second.mine, "renewed": 0, "released": True}
 
 
 def test_a_lost_renewal_stops_the_renewals_and_check_raises(run_dir: Storage) -> None:
     holder = RunLease(run_dir, "r1", timeout=0.4)
-    with holder.held():
-        run_dir.write_text(LEASE, '{"holder": "someone-else", "pid": 7, "renewed": 1e12, "token": "x"}')
-        time.sleep(0.4)  # at least one renewal
-        with pytest.raises(LeaseLost, match=r"taken over by someone-else \(pid 7, since \?\)"):
-            holder.check()
+    holder.acquire()
+    holder.keep()
+    run_dir.write_text(LEASE, '{"holder": "someone-else", "pid": 7, "renewed": 1e12, "token": "x"}')
+    time.sleep(0.4)  # at least one renewal
+    with pytest.raises(LeaseLost, match=r"taken over by someone-else \(pid 7, since \?\)"):
+        holder.check()
+    holder.release()
     assert run_dir.read_text(LEASE).startswith('{"holder": "someone-else"')  # release() left it alone
 
 
@@ -124,4 +132,25 @@ def test_a_renewal_whose_response_was_lost_counts_as_renewed(run_dir: Storage,
         lease.fence()
     lease.fence()  # and the tag it re-read is the current one
     lease.release()
-    assert not run_dir.exists(LEASE)
+    assert json.loads(run_dir.read_bytes(LEASE))["released"] is True
+
+
+def test_a_lease_whose_process_exited_on_this_machine_is_taken_over_at_once(
+        run_dir: Storage, caplog: pytest.LogCaptureFixture) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead = {"holder": holder_name(), "pid": int(gone.stdout), "processSpace": process_space(), "token": "t",
+            "since": "2026-11-28T10:00:00+00:00", "renewed": time.time(), "timeoutSeconds": 3600}
+    run_dir.write_text(LEASE, json.dumps(dead))
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="tunewright.lease"):
+        RunLease(run_dir, "r1", timeout=TIMEOUT).acquire()
+    assert time.monotonic() - began < TIMEOUT
+    assert caplog.records[-1].getMessage().endswith(f"(pid {dead['pid']}, since 2026-11-28T10:00:00+00:00), "
+                                                    "whose process has exited on this machine")
+    dead["pid"] = os.getpid()  # alive: its lease is waited for (and here, being fresh and renewed, refused)
+    run_dir.write_text(LEASE, json.dumps(dead))
+    with pytest.raises(RunLeaseHeld):
+        waiting = RunLease(run_dir, "r1", timeout=TIMEOUT)
+        threading.Timer(0.3, lambda: run_dir.write_text(LEASE, json.dumps({**dead, "renewed": time.time()}))).start()
+        waiting.acquire()

@@ -2,21 +2,22 @@
 
 On S3 the lease is created with `If-None-Match: *`, renewed, taken over and released with
 `If-Match: <its ETag>`; on local storage it is created with an exclusive hard link and otherwise replaced
-(os.replace) or deleted only after comparing its bytes, under an flock of `.lease.lock` beside it. Either
+(os.replace) only after comparing its bytes, under an flock of `.lease.lock` beside it. Either
 way, of two trainers that write the lease at once exactly one succeeds.
 
 - `acquire()` takes the lease for this process (holder: the pod/host name, the pid, since when). A lease
   that is held is watched: renewed by its holder → refused with RunLeaseHeld, one line naming the holder;
   not renewed for its `timeoutSeconds` (`TUNEWRIGHT_LEASE_SECONDS`, default 60; the holder renews every
-  quarter of it) → taken over, said in one WARNING line. So a trainer
-  killed without a word (SIGKILL, OOM, a lost node) holds its run for at most the timeout, and a retry
-  (the operator's next attempt) waits for that rather than failing.
+  quarter of it), or held by a process of this machine that has exited → taken over, said in one WARNING
+  line. So a trainer killed without a word (SIGKILL, OOM, a lost node) holds its run for at most the
+  timeout, and a retry (the operator's next attempt, in a new pod) waits for that rather than failing.
 - `keep()` renews the lease on a background thread. A transient failure is retried through the run's
   `Outage` (the same tolerance as every other writer); a lease taken over meanwhile (its ETag changed) is
   lost for good: `check()`, called at every training step, then raises LeaseLost.
 - `fence()` renews at once and raises LeaseLost if the lease is no longer ours: checkpoint commits and
   publication call it before they make anything visible.
-- `release()` deletes the lease if it is still ours.
+- `release()` marks the lease released (`"released": true`) if it is still ours: the next trainer takes it
+  at once, and one fenced off later learns who wrote the run after it.
 
 A write whose response was lost (the store applied it, the client saw a reset and retried) fails its
 condition; the lease is then re-read and the write counts as done when the store holds exactly what we
@@ -38,6 +39,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from tunewright.outages import Outage
@@ -46,6 +48,7 @@ from tunewright.storage import LocalStorage, S3Storage, Storage, StorageError
 LEASE = "lease.json"
 ENV = "TUNEWRIGHT_LEASE_SECONDS"
 DEFAULT_TIMEOUT = 60.0
+POLL_SECONDS = 2.0  # at most this long between two looks at a lease held by another trainer
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,29 @@ def holder_name() -> str:
     return os.environ.get("HOSTNAME") or socket.gethostname()
 
 
+def process_space() -> str | None:
+    """Where this process's pid means something: the kernel's boot id and the pid namespace (Linux)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
+def _dead_here(lease: dict[str, Any]) -> bool:
+    """The holder ran in this process space (same boot, same pid namespace) and its pid is gone: it died
+    without releasing (SIGKILL), and need not be waited for. A reused pid only makes us wait."""
+    if lease.get("processSpace") is None or lease.get("processSpace") != process_space():
+        return False
+    try:
+        os.kill(int(lease["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, KeyError, ValueError, TypeError):
+        return False
+    return False
+
+
 # -- compare-and-swap of one object --------------------------------------------------------------------
 
 
@@ -90,9 +116,6 @@ class _Cell(ABC):
     def write(self, data: bytes, expected: str | None) -> str | None:
         """Write `data` if the current tag is `expected` (None: if absent); its new tag, or None if the
         condition failed."""
-
-    @abstractmethod
-    def delete(self, expected: str) -> bool: ...
 
 
 class _S3Cell(_Cell):
@@ -119,15 +142,6 @@ class _S3Cell(_Cell):
                                                           **condition)["ETag"])
         except (FileExistsError, FileNotFoundError):  # 412 (or 409: a concurrent conditional write); 404
             return None
-
-    def delete(self, expected: str) -> bool:
-        try:
-            with self.storage._errors("delete", self.key):
-                self.storage.client.delete_object(Bucket=self.storage.bucket, Key=self.storage._key(self.key),
-                                                  IfMatch=expected)
-            return True
-        except (FileExistsError, FileNotFoundError):
-            return False
 
 
 class _LocalCell(_Cell):
@@ -168,13 +182,6 @@ class _LocalCell(_Cell):
                 return None
         return hashlib.sha256(data).hexdigest()
 
-    def delete(self, expected: str) -> bool:
-        with self._locked():
-            if self._tag() != expected:
-                return False
-            self.path.unlink()
-        return True
-
 
 def _cell(storage: Storage, key: str) -> _Cell:
     if isinstance(storage, S3Storage):
@@ -202,7 +209,8 @@ class RunLease:
         self.outage = outage or Outage(run_dir.uri)
         self.timeout = timeout_from_env() if timeout is None else timeout
         self.clock = clock
-        self.mine = {"holder": holder_name(), "pid": os.getpid(), "token": uuid.uuid4().hex,
+        self.mine = {"holder": holder_name(), "pid": os.getpid(), "processSpace": process_space(),
+                     "token": uuid.uuid4().hex,
                      "since": datetime.now(UTC).isoformat(timespec="seconds"), "timeoutSeconds": self.timeout}
         self._tag: str | None = None
         self._lock = threading.Lock()  # one conditional write at a time: each needs the tag of the last
@@ -213,8 +221,8 @@ class RunLease:
     # -- taking it ---------------------------------------------------------------------------------------
 
     def acquire(self) -> None:
-        """Take the lease: at once if there is none or it has expired; after watching it while its holder is
-        silent; never while the holder renews it (RunLeaseHeld)."""
+        """Take the lease: at once if there is none, or it was released or has expired; after watching it
+        while its holder is silent; never while the holder renews it (RunLeaseHeld)."""
         seen: tuple[bytes, str] | None = None
         while True:
             current = self._call(self.cell.read, "reading")
@@ -226,10 +234,15 @@ class RunLease:
             lease = self._parse(data)
             age = self.clock() - float(lease.get("renewed", 0))
             holder_timeout = float(lease.get("timeoutSeconds", self.timeout))
-            if age > holder_timeout:
+            if lease.get("released") is True:
                 if self._write(tag):
-                    log.warning("run %s: taking over the lease of %s, not renewed for %.0f s (timeout %.0f s)",
-                                self.run_id, _describe(lease), age, holder_timeout)
+                    return
+                continue
+            if age > holder_timeout or _dead_here(lease):
+                if self._write(tag):
+                    why = (f"not renewed for {age:.0f} s (timeout {holder_timeout:.0f} s)" if age > holder_timeout
+                           else "whose process has exited on this machine")
+                    log.warning("run %s: taking over the lease of %s, %s", self.run_id, _describe(lease), why)
                     return
                 continue
             if seen is not None and seen[1] != tag and self._parse(seen[0]).get("token") == lease.get("token"):
@@ -238,7 +251,7 @@ class RunLease:
                     f"{self.uri}; one trainer per run: wait for it to end, or stop it (its lease may be taken "
                     f"over {holder_timeout:.0f} s after its last renewal, {ENV})")
             seen = current
-            time.sleep(min(max(holder_timeout - age, 0.0) + 0.05, holder_timeout / 8))
+            time.sleep(min(max(holder_timeout - age, 0.0) + 0.05, holder_timeout / 8, POLL_SECONDS))
 
     def _parse(self, data: bytes) -> dict[str, Any]:
         try:
@@ -248,10 +261,10 @@ class RunLease:
         except (ValueError, AssertionError):
             return {"holder": f"an unreadable {LEASE}", "renewed": 0}  # taken over like an expired one
 
-    def _write(self, expected: str | None) -> bool:
+    def _write(self, expected: str | None, released: bool = False) -> bool:
         """A conditional write of our lease; a condition that fails because our own write went through
         (its response was lost and the client retried) counts as success."""
-        body = json.dumps({**self.mine, "renewed": self.clock()}, sort_keys=True).encode()
+        body = json.dumps({**self.mine, "renewed": self.clock(), "released": released}, sort_keys=True).encode()
         new = self._call(lambda: self.cell.write(body, expected), "writing")
         if new is None:
             current = self._call(self.cell.read, "reading")
@@ -298,22 +311,13 @@ class RunLease:
                 return
 
     def release(self) -> None:
-        """Stop renewing; delete the lease if it is still ours."""
+        """Stop renewing; mark the lease released if it is still ours (kept, not deleted: a trainer fenced
+        off later is told who wrote the run after it). Nothing to do if it was never acquired."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         with self._lock:
             if self._tag is not None and self._lost is None:
                 with contextlib.suppress(StorageError):
-                    self.cell.delete(self._tag)
+                    self._write(self._tag, released=True)
             self._tag = None
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[RunLease]:
-        """acquire(), keep(), and release() at the end whatever happens."""
-        self.acquire()
-        try:
-            self.keep()
-            yield self
-        finally:
-            self.release()

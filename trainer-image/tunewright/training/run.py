@@ -23,6 +23,7 @@ from tunewright.config import TrainingConfig
 from tunewright.data.rows import Row
 from tunewright.data.split import split_by_prompt
 from tunewright.data.store import DatasetMeta, DatasetStore, load_rows, open_dataset
+from tunewright.lease import RunLease
 from tunewright.models.loading import load_base
 from tunewright.outages import Outage
 from tunewright.registry import (
@@ -39,10 +40,11 @@ from tunewright.storage import Storage
 from tunewright.training.callbacks import (
     CommitCheckpointCallback,
     EpochEndCallback,
+    LeaseCallback,
     RunLogCallback,
     TerminalDisplay,
 )
-from tunewright.training.checkpoints import CheckpointInfo, CheckpointStore
+from tunewright.training.checkpoints import CheckpointError, CheckpointInfo, CheckpointStore
 from tunewright.training.distributed import CheckpointRanks, check_resume_world, describe_batch, sigterm_callback
 from tunewright.training.family import CausalLMFamily, Family
 from tunewright.training.launch import is_main, resolve_run_id
@@ -244,8 +246,10 @@ class Run:
         self.metrics_port = metrics_port if is_main() else None  # only rank 0 has the (averaged) values
         self.display = TerminalDisplay(enabled=display and is_main())
         self.outage = Outage(root.uri)  # one per process: its writers share what they see of the store
+        # Held by the run's one writer, global rank 0, while it trains and publishes (see tunewright.lease).
+        self.lease = RunLease(self.run.dir, self.run.run_id, self.outage) if is_main() else None
         self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last,
-                                           outage=self.outage)
+                                           outage=self.outage, fence=self._fence)
         self.committed: dict[int, Any] = {}  # checkpoints committed by this process, retention's victims too
 
     def execute(self) -> Outcome:
@@ -269,7 +273,14 @@ class Run:
         try:
             return self._train(work, dataset, objective, start)
         finally:
+            if self.lease:
+                self.lease.release()
             shutil.rmtree(work, ignore_errors=True)
+
+    def _fence(self) -> None:
+        """Before a checkpoint commit or the publication: LeaseLost if another trainer took the run over."""
+        if self.lease:
+            self.lease.fence()
 
     def _resume_point(self) -> CheckpointInfo | None:
         """The checkpoint to continue from: none for a new run; with `auto` the latest if any; with `latest`
@@ -302,6 +313,9 @@ class Run:
         val_ex = objective.examples(val_rows, family, config) if val_rows else []
         if not train_ex:
             raise DataError(f"dataset {dataset.meta.id!r} leaves no training examples for {config.method}")
+        if self.lease:  # before the run's first write; a run refused earlier leaves no trace
+            self.lease.acquire()
+            self.lease.keep()
         record_config(self.run, config)
         set_seed(config.training.seed)  # LoRA's initialisation draws from the global RNG
         model = with_lora(model, config, family)
@@ -329,6 +343,8 @@ class Run:
         schedule = EpochEndCallback(bool(val_ex), config.checkpointing.every_steps)
         for cb in (CheckpointRanks(), schedule, commit, logger, sigterm):
             trainer.add_callback(cb)
+        if self.lease:
+            trainer.add_callback(LeaseCallback(self.lease.check))
         early = None
         if config.early_stopping and val_ex:
             early = EarlyStoppingCallback(config.early_stopping.patience, config.early_stopping.min_delta)
@@ -348,9 +364,14 @@ class Run:
         finally:
             self.display.stop()
             sigterm.restore()
-        if sigterm.requested:
-            self._commit_within_grace(sigterm.at, trainer.state.global_step)
-        self.checkpoints.flush()
+        try:
+            if sigterm.requested:
+                self._commit_within_grace(sigterm.at, trainer.state.global_step)
+            self.checkpoints.flush()
+        except CheckpointError:
+            if self.lease:
+                self.lease.check()  # the cause, when another trainer has taken the run over
+            raise
         seconds = time.monotonic() - began
         if sigterm.requested:
             if is_main():
@@ -447,6 +468,7 @@ class Run:
         registry = Registry(self.root)
         existing = next((r for r in registry.list() if r.run_id == self.run.run_id), None)
         for _ in range(PUBLISH_ATTEMPTS):
+            self._fence()
             version = existing.version if existing else registry.next_version(self.name)
             versioned = {**report, "adapter": {"name": self.name, "version": version}}
             text = json.dumps(versioned, indent=2, sort_keys=True, allow_nan=True)
@@ -456,6 +478,7 @@ class Run:
             self.run.dir.upload_dir(adapter_dir, ADAPTER)
             self.run.dir.write_text(REPORT, text)
             self.run.dir.write_text(REPORT_PAGE, page)
+            self._fence()
             try:
                 record = existing or registry.register(self._record(version, versioned, dataset),
                                                        local_dir=adapter_dir)
@@ -466,6 +489,7 @@ class Run:
             raise RunError(f"adapter {self.name}: no free registry version after {PUBLISH_ATTEMPTS} attempts")
         result = RunResult(adapter_name=record.name, adapter_version=record.version, adapter_uri=record.uri,
                            report_uri=f"{record.uri}/{REPORT}", report_page_uri=f"{record.uri}/{REPORT_PAGE}")
+        self._fence()
         self.run.dir.write_text(RESULT, result.to_json())
         return result
 
