@@ -305,7 +305,7 @@ class RunLease:
         while not self._stop.wait(self.timeout / 4):
             try:
                 self.fence()
-            except (LeaseLost, StorageError) as err:
+            except (LeaseLost, StorageError, OSError) as err:  # OSError: a local store's own failures
                 self._lost = self._lost or err
                 log.error("%s", err)
                 return
