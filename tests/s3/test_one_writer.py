@@ -23,7 +23,7 @@ from tunewright.registry import Registry
 from tunewright.storage import open_storage
 from tunewright.training.checkpoints import CheckpointStore
 
-LEASE_SECONDS = "2"
+LEASE_SECONDS = "5"  # renewed every 1.25 s: ample on a loaded machine
 
 
 def _trainer(config_path: Path, root_uri: str, endpoint: str) -> subprocess.Popen:

@@ -313,10 +313,6 @@ class Run:
         val_ex = objective.examples(val_rows, family, config) if val_rows else []
         if not train_ex:
             raise DataError(f"dataset {dataset.meta.id!r} leaves no training examples for {config.method}")
-        if self.lease:  # before the run's first write; a run refused earlier leaves no trace
-            self.lease.acquire()
-            self.lease.keep()
-        record_config(self.run, config)
         set_seed(config.training.seed)  # LoRA's initialisation draws from the global RNG
         model = with_lora(model, config, family)
 
@@ -326,6 +322,10 @@ class Run:
         samples_per_step = config.training.batch_size * config.training.gradient_accumulation_steps * args.world_size
         if resume_dir:
             check_resume_world(resume_dir, args.world_size, samples_per_step // args.world_size)
+        if self.lease:  # before the run's first write: a run refused up to here leaves storage as it was
+            self.lease.acquire()
+            self.lease.keep()
+        record_config(self.run, config)
         log.info("%s", describe_batch(args))
         trainer = ObjectiveTrainer(model=model, args=args, train_dataset=ExampleDataset(train_ex),
                                    eval_dataset=ExampleDataset(val_ex) if val_ex else None,
