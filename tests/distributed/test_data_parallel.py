@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -199,3 +200,80 @@ def test_two_processes_share_the_lazy_dpo_reference(store: Storage, tmp_path: Pa
     both = two["known"] & one["known"]
     assert both.sum() > 0
     torch.testing.assert_close(two["logps"][both], one["logps"][both], atol=0, rtol=1e-5)
+
+
+def _worker_pid(launcher: int, rank: int) -> int:
+    """The pid of the torchrun worker of `rank` started by the launcher process `launcher`."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher and f"RANK={rank}".encode() in env:
+            return int(proc.name)
+    raise AssertionError(f"no worker of rank {rank} under process {launcher}")
+
+
+def test_a_rank_killed_by_sigkill_is_the_one_reported_not_its_peer(store: Storage, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    termination_log = tmp_path / "termination-log"
+    monkeypatch.setenv("TUNEWRIGHT_TERMINATION_LOG", str(termination_log))
+    proc = _start(store, quick_config("songs", **PARALLEL), tmp_path, "--run-id", "rank-killed")
+    progress = store.child("runs", "rank-killed")
+    _wait_for(lambda: progress.exists("progress.json")
+              and json.loads(progress.read_text("progress.json"))["step"] >= 2, proc)
+    os.kill(_worker_pid(proc.pid, 1), signal.SIGKILL)
+    code, out, err = _finish(proc)
+    last = err.rstrip().splitlines()[-1]  # the launcher's line, after what the workers printed
+    assert last == "error: rank 1 of 2: killed by SIGKILL", err[-3000:]
+    assert code == 137 and out == ""
+    assert termination_log.read_text() == "rank 1 of 2: killed by SIGKILL"
+    assert not progress.exists("result.json")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_workers_die_with_a_sigkilled_launcher_and_publish_nothing(store: Storage, tmp_path: Path) -> None:
+    proc = _start(store, quick_config("songs", **PARALLEL), tmp_path, "--run-id", "orphans")
+    progress = store.child("runs", "orphans")
+    _wait_for(lambda: progress.exists("progress.json")
+              and json.loads(progress.read_text("progress.json"))["step"] >= 2, proc)
+    workers = [_worker_pid(proc.pid, r) for r in (0, 1)]
+    proc.kill()
+    _finish(proc)
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in workers):
+        assert time.monotonic() < deadline, "the workers outlived their launcher"
+        time.sleep(0.05)
+    time.sleep(1)
+    assert not progress.exists("result.json")
+    assert [r for r in Registry(store).list() if r.run_id == "orphans"] == []
+
+
+def test_a_second_trainer_of_a_run_being_written_is_refused_naming_rank_0_of_the_first(
+        store: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunewright.lease import holder_name
+
+    monkeypatch.setenv("TUNEWRIGHT_LEASE_SECONDS", "2")
+    config = quick_config("songs", **{**PARALLEL, "training.epochs": 50})  # still training when the second asks
+    first = _start(store, config, tmp_path, "--run-id", "leased", "--resume", "auto")
+    progress = store.child("runs", "leased")
+    _wait_for(lambda: progress.exists("progress.json")
+              and json.loads(progress.read_text("progress.json"))["step"] >= 2, first)
+    writer = _worker_pid(first.pid, 0)
+    code, out, err = _finish(_start(store, config, tmp_path, "--run-id", "leased", "--resume", "auto"))
+    assert code == 1 and out == "", err[-3000:]
+    assert re.fullmatch(rf"error: rank 0 of 2: run leased is being written by {re.escape(holder_name())} \(pid "
+                        rf"{writer}, since [-0-9T:+]+\), which renews its lease .*", err.rstrip().splitlines()[-1])
+    assert first.poll() is None
+    first.send_signal(signal.SIGTERM)
+    assert _finish(first)[0] == 143
+    assert json.loads(progress.read_text("lease.json"))["released"] is True

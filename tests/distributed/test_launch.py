@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -132,3 +133,27 @@ def test_workers_failing_under_torchrun_report_one_line_and_their_exit_code(tmp_
     assert out.returncode == 1, out.stderr[-2000:]
     assert re.fullmatch(r"rank [01] of 2: cannot read .*missing\.yaml: "
                         r"No such file or directory\n", out.stdout), out.stdout
+
+
+def test_a_rank_killed_from_outside_is_reported_rather_than_the_peer_that_lost_it(tmp_path: Path) -> None:
+    _write(tmp_path / "rank-0", "[gloo/pair.cc:537] Read error [127.0.0.1]:53680: Connection reset by peer")
+    assert launch.first_failure(tmp_path, {0: 1, 1: -9}, 2) == launch.Failure(137, "rank 1 of 2: killed by SIGKILL")
+    # torchrun stopped rank 0 with SIGTERM after rank 1 died: rank 1 is still the one named, and not as 143.
+    assert launch.first_failure(tmp_path, {0: -15, 1: -9}, 2) == launch.Failure(137, "rank 1 of 2: killed by SIGKILL")
+
+
+def test_a_launcher_stopped_by_sigterm_exits_143_only_when_rank_0_committed(tmp_path: Path) -> None:
+    committed, late, silent = tmp_path / "committed", tmp_path / "late", tmp_path / "silent"
+    for logs in (committed, late, silent):
+        logs.mkdir()
+    env = {"LOCAL_RANK": "0", "WORLD_SIZE": "2", "RANK": "0"}
+    _write(committed / "rank-0", "stopped by SIGTERM at step 7; checkpoint committed")
+    launch.worker_exit(143, {**env, launch.WORKER_LOGS: str(committed)})
+    assert launch.signalled_failure(committed, signal.SIGTERM) == \
+        launch.Failure(143, "rank 0: stopped by SIGTERM at step 7; checkpoint committed")
+    _write(late / "rank-0", "stopped by SIGTERM at step 7, but its checkpoint could not be committed within the "
+                            "30 s grace period")
+    launch.worker_exit(1, {**env, launch.WORKER_LOGS: str(late)})
+    assert launch.signalled_failure(late, signal.SIGTERM).exit_code == 1
+    failure = launch.signalled_failure(silent, signal.SIGTERM)
+    assert failure.exit_code == 1 and "without saying whether its checkpoint was committed" in failure.message

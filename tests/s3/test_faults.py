@@ -161,7 +161,8 @@ def test_sigterm_says_when_the_checkpoint_cannot_commit_within_the_grace_period(
     from tunewright.training.run import Run, RunError
 
     run = Run(quick_config("songs"), open_storage(s3_root), run_id="evicted", display=False)
-    s3_faults.fail_next("stall", method="PUT")
+    run.lease.acquire()  # as the run does before its first write: commits are fenced by it
+    s3_faults.fail_next("stall", method="PUT", path="/checkpoint-7/")
     run.checkpoints.commit(make_checkpoint_dir(tmp_path / "local", 7), 7, 1.0, None)
     assert s3_faults.stalled.wait(30)
     monkeypatch.setenv("TUNEWRIGHT_TERMINATION_GRACE_SECONDS", "11")  # 10 s of it are kept for the exit

@@ -8,6 +8,7 @@
     runs/<run-id>/report.json          the training report
     runs/<run-id>/report.html          the same as a self-contained page (plots, clips inlined)
     runs/<run-id>/result.json          written after registration: the run is complete
+    runs/<run-id>/lease.json           who writes the run (one trainer at a time: see tunewright.lease)
 
 No torch here: the operator imports this module.
 """

@@ -74,6 +74,7 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    launch.die_with_launcher()
     launch.worker_setup()  # before anything can fail
     args = parser().parse_args(argv)
     if args.quiet:  # also the Hub's and transformers' bars ("Loading weights"), here and in torchrun's workers
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "botocore", "urllib3", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return run_cli(lambda: train(args, sys.argv[1:] if argv is None else argv))
+    code = run_cli(lambda: train(args, sys.argv[1:] if argv is None else argv))
+    launch.worker_exit(code)
+    return code
 
 
 def train(args: argparse.Namespace, argv: list[str]) -> int:

@@ -11,6 +11,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,18 @@ from tunewright.outages import LatestWriter, Outage
 from tunewright.runs import METRICS, PROGRESS, RunStore, now_iso
 from tunewright.runs import Progress as RunProgress
 from tunewright.training.checkpoints import CheckpointStore
+
+
+class LeaseCallback(TrainerCallback):
+    """Stops training (raises) once the run's lease is lost: taken over by another trainer, or not renewed
+    within the storage outage tolerance (see tunewright.lease)."""
+
+    def __init__(self, check: Callable[[], None]):
+        self.check = check
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        self.check()
 
 
 class EpochEndCallback(TrainerCallback):

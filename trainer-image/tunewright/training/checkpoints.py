@@ -146,11 +146,15 @@ class CheckpointStore:
 
     `on_commit` callbacks get (info, upload_seconds) on the upload thread, after the manifest and before
     retention; an exception in one is logged, not raised.
+
+    `fence` (the run lease's: see tunewright.lease) is called before a commit deletes or commits anything;
+    when it raises (another trainer has taken the run over), the checkpoint fails and nothing is written.
     """
 
     def __init__(self, storage: Storage, keep_last: int, background: bool = True,
                  on_commit: OnCommit | Iterable[OnCommit] | None = None, attempts: int = 3,
-                 retry_delay: float = 2.0, outage: Outage | None = None, upload_workers: int = 8):
+                 retry_delay: float = 2.0, outage: Outage | None = None, upload_workers: int = 8,
+                 fence: Callable[[], None] | None = None):
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
         self.storage = storage
@@ -162,6 +166,7 @@ class CheckpointStore:
         self.retry_delay = retry_delay
         self.outage = outage or Outage(storage.uri)
         self.upload_workers = upload_workers
+        self.fence = fence or (lambda: None)
         self._queue: queue.Queue[_Job] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._failures: list[CheckpointError] = []
@@ -250,6 +255,7 @@ class CheckpointStore:
         info = CheckpointInfo(name=name, step=job.step, epoch=job.epoch,
                               metric=None if job.metric is None else float(job.metric), created=now_iso(),
                               files=files)
+        self.fence()
         # Leftovers of a crashed upload, or an earlier save of the same step: un-commit and clear them
         # first, so stale files never mix with the new ones.
         if self.outage.call(lambda: self.storage.list(name), f"listing {name}"):
@@ -267,6 +273,7 @@ class CheckpointStore:
         wrong = [f["path"] for f in files if stored.get(f["path"]) != f["size"]]
         if wrong:
             raise CheckpointError(f"{name}: stored sizes differ from the local files for {', '.join(wrong)}")
+        self.fence()
         self._retry(lambda: target.write_text(MANIFEST, info.to_json()), f"{name}/{MANIFEST}")
         return info, time.monotonic() - started
 

@@ -16,8 +16,11 @@ Workers are recognised by the LOCAL_RANK and WORLD_SIZE torchrun gives them, and
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -35,6 +38,9 @@ DEFAULT_MASTER_PORT = 29500
 # Launcher → workers: the directory where each worker writes its one-line failure reason (rank-<RANK>),
 # so the launcher can report the rank that failed first rather than the peers that lost it.
 WORKER_LOGS = "TUNEWRIGHT_WORKER_LOGS"
+# Launcher → workers: its pid, to tell whether it died before a worker asked to die with it.
+LAUNCHER_PID = "TUNEWRIGHT_LAUNCHER_PID"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # torchrun waits this long for workers to exit after forwarding SIGTERM (its default, 30 s, could cut a
 # checkpoint upload short); the pod's terminationGracePeriodSeconds is the real limit.
 SHUTDOWN_SECONDS = 3600
@@ -162,6 +168,21 @@ def worker_setup(env: MutableMapping[str, str] = os.environ) -> None:
         env["TUNEWRIGHT_TERMINATION_LOG"] = str(Path(logs) / f"rank-{rank(env)}")
 
 
+def die_with_launcher(env: Mapping[str, str] = os.environ) -> None:
+    """Have the kernel SIGKILL this worker when its launcher dies (Linux's PR_SET_PDEATHSIG), so that a
+    SIGKILLed launcher (exit 137 for whoever ran it) leaves no orphan training on and publishing an adapter.
+    torchrun sets no parent-death signal and Python has no prctl: hence ctypes. A launcher that died before
+    the prctl is seen by the parent pid having changed (LAUNCHER_PID, set by launch())."""
+    if not in_worker(env) or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    launcher = env.get(LAUNCHER_PID)
+    if launcher and os.getppid() != int(launcher):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @dataclass(frozen=True)
 class Failure:
     exit_code: int
@@ -185,11 +206,17 @@ def _reasons(logs: Path) -> list[tuple[int, str]]:
 
 
 def first_failure(logs: Path, exit_codes: dict[int, int], world: int) -> Failure:
-    """The failure to report, from the workers' exit codes by rank: the rank whose reason was written first
-    (the cause: its peers then fail on a broken collective), else the lowest rank that exited by itself.
-    When every failed worker exited 143 (SIGTERM: checkpointed and stopped), so does the launcher."""
+    """The failure to report, from the workers' exit codes by rank: a rank killed from outside (by a signal
+    other than the SIGTERM torchrun stops the survivors with; it wrote no reason: the OOM killer, a person),
+    else the rank whose reason was written first (the cause: its peers then fail on a broken collective),
+    else the lowest rank that exited by itself. When every failed worker exited 143 (SIGTERM: checkpointed
+    and stopped), so does the launcher."""
     reasons = _reasons(logs)
-    if reasons:
+    explained = {r for r, _ in reasons}
+    killed = sorted(r for r, c in exit_codes.items() if c < 0 and -c != signal.SIGTERM and r not in explained)
+    if killed:
+        first, text = killed[0], _describe(exit_codes[killed[0]])
+    elif reasons:
         first, text = reasons[0]
     elif exit_codes:  # a rank that exited by itself, before one that torchrun then stopped with a signal
         first = min(exit_codes, key=lambda r: (exit_codes[r] < 0, r))
@@ -202,6 +229,29 @@ def first_failure(logs: Path, exit_codes: dict[int, int], world: int) -> Failure
     return Failure(code, f"rank {first} of {world}: {text}")
 
 
+def signalled_failure(logs: Path, sig: signal.Signals) -> Failure:
+    """The launcher was stopped by `sig` (torchrun forwarded it and waited for the workers): rank 0's reason
+    and exit code, so that 143 still means "checkpoint committed" and not merely "SIGTERM was received"."""
+    reason = dict(_reasons(logs)).get(0)
+    code = _worker_exit_codes(logs).get(0)
+    if code is None:
+        return Failure(1, f"rank 0: stopped by {sig.name} and exited without saying whether its checkpoint "
+                          "was committed")
+    return Failure(code, f"rank 0: {reason or f'stopped by {sig.name}, exit code {code}'}")
+
+
+def worker_exit(code: int, env: Mapping[str, str] = os.environ) -> None:
+    """In a worker: record its exit code for the launcher (torchrun does not pass it on after a signal)."""
+    logs = env.get(WORKER_LOGS)
+    if logs and in_worker(env):
+        with contextlib.suppress(OSError):
+            (Path(logs) / f"exit-{rank(env)}").write_text(str(code))
+
+
+def _worker_exit_codes(logs: Path) -> dict[int, int]:
+    return {int(p.name.removeprefix("exit-")): int(p.read_text()) for p in logs.glob("exit-*")}
+
+
 def launch(topo: Topology, worker_args: list[str]) -> Failure | None:
     """Run the workers under torchrun in this process (its agent forwards SIGTERM/SIGINT to them and
     waits for them); None when every worker succeeded, else the failure to report."""
@@ -212,16 +262,17 @@ def launch(topo: Topology, worker_args: list[str]) -> Failure | None:
     with tempfile.TemporaryDirectory(prefix="tunewright-workers-") as tmp:
         logs = Path(tmp)
         os.environ[WORKER_LOGS] = tmp
+        os.environ[LAUNCHER_PID] = str(os.getpid())
         try:
             run(parse_args(torchrun_args(topo, worker_args)))
             return None
         except ChildFailedError as err:
             return first_failure(logs, {r: f.exitcode for r, f in err.failures.items()}, topo.world_size)
         except SignalException as err:  # forwarded to the workers, which have exited: rank 0 says how
-            reasons = dict(_reasons(logs))
-            return Failure(128 + int(err.sigval), reasons.get(0, f"stopped by {err.sigval.name}"))
+            return signalled_failure(logs, err.sigval)
         finally:
             os.environ.pop(WORKER_LOGS, None)
+            os.environ.pop(LAUNCHER_PID, None)
 
 
 def worker_argv(argv: list[str], run_id: str) -> list[str]:

@@ -23,6 +23,7 @@ from tunewright.config import TrainingConfig
 from tunewright.data.rows import Row
 from tunewright.data.split import split_by_prompt
 from tunewright.data.store import DatasetMeta, DatasetStore, load_rows, open_dataset
+from tunewright.lease import RunLease
 from tunewright.models.loading import load_base
 from tunewright.outages import Outage, RetryingStorage
 from tunewright.registry import (
@@ -51,10 +52,11 @@ from tunewright.storage import Storage
 from tunewright.training.callbacks import (
     CommitCheckpointCallback,
     EpochEndCallback,
+    LeaseCallback,
     RunLogCallback,
     TerminalDisplay,
 )
-from tunewright.training.checkpoints import CheckpointInfo, CheckpointStore
+from tunewright.training.checkpoints import CheckpointError, CheckpointInfo, CheckpointStore
 from tunewright.training.distributed import CheckpointRanks, check_resume_world, describe_batch, sigterm_callback
 from tunewright.training.family import CausalLMFamily, Family
 from tunewright.training.launch import is_main, resolve_run_id
@@ -257,8 +259,10 @@ class Run:
         self.metrics_port = metrics_port if is_main() else None  # only rank 0 has the (averaged) values
         self.display = TerminalDisplay(enabled=display and is_main())
         self.outage = Outage(root.uri)  # one per process: its writers share what they see of the store
+        # Held by the run's one writer, global rank 0, while it trains and publishes (see tunewright.lease).
+        self.lease = RunLease(self.run.dir, self.run.run_id, self.outage) if is_main() else None
         self.checkpoints = CheckpointStore(self.run.checkpoints, keep_last=config.checkpointing.keep_last,
-                                           outage=self.outage)
+                                           outage=self.outage, fence=self._fence)
         self.committed: dict[int, Any] = {}  # checkpoints committed by this process, retention's victims too
         self._logger: RunLogCallback | None = None  # progress.json's writer once training is set up
         self._grace_spent = False  # SIGTERM's checkpoint missed the grace period: exit without waiting
@@ -292,6 +296,8 @@ class Run:
             self._mark_failed(err, GRACE_MARGIN / 2 if late else FAILED_WAIT_SECONDS)
             raise
         finally:
+            if self.lease:
+                self.lease.release()
             shutil.rmtree(work, ignore_errors=True)
 
     def _finish_commits(self, timeout: float) -> None:
@@ -326,6 +332,11 @@ class Run:
                 self.run.write_progress(progress)
         except (Exception, KeyboardInterrupt) as why:
             log.warning("could not mark run %s failed in %s: %s", self.run.run_id, PROGRESS, why)
+
+    def _fence(self) -> None:
+        """Before a checkpoint commit or the publication: LeaseLost if another trainer took the run over."""
+        if self.lease:
+            self.lease.fence()
 
     def _resume_point(self) -> CheckpointInfo | None:
         """The checkpoint to continue from: none for a new run; with `auto` the latest if any; with `latest`
@@ -367,6 +378,9 @@ class Run:
         samples_per_step = config.training.batch_size * config.training.gradient_accumulation_steps * args.world_size
         if resume_dir:
             check_resume_world(resume_dir, args.world_size, samples_per_step // args.world_size)
+        if self.lease:  # before the run's first write: a run refused up to here leaves storage as it was
+            self.lease.acquire()
+            self.lease.keep()
         # The last refusal is behind: from here on this attempt owns the run (a failure marks it failed).
         record_config(self.run, config)
         self._started = True
@@ -387,6 +401,8 @@ class Run:
         schedule = EpochEndCallback(bool(val_ex), config.checkpointing.every_steps)
         for cb in (CheckpointRanks(), schedule, commit, logger, sigterm):
             trainer.add_callback(cb)
+        if self.lease:
+            trainer.add_callback(LeaseCallback(self.lease.check))
         early = None
         if config.early_stopping and val_ex:
             early = EarlyStoppingCallback(config.early_stopping.patience, config.early_stopping.min_delta)
@@ -406,9 +422,14 @@ class Run:
         finally:
             self.display.stop()
             sigterm.restore()
-        if sigterm.requested:
-            self._commit_within_grace(sigterm.at, trainer.state.global_step)
-        self.checkpoints.flush()
+        try:
+            if sigterm.requested:
+                self._commit_within_grace(sigterm.at, trainer.state.global_step)
+            self.checkpoints.flush()
+        except CheckpointError:
+            if self.lease:
+                self.lease.check()  # the cause, when another trainer has taken the run over
+            raise
         seconds = time.monotonic() - began
         if sigterm.requested:
             if is_main():
@@ -509,6 +530,7 @@ class Run:
         registry = Registry(root)
         existing = next((r for r in registry.list() if r.run_id == self.run.run_id), None)
         for _ in range(PUBLISH_ATTEMPTS):
+            self._fence()
             version = existing.version if existing else registry.next_version(self.name)
             versioned = {**report, "adapter": {"name": self.name, "version": version}}
             text = json.dumps(versioned, indent=2, sort_keys=True, allow_nan=True)
@@ -518,6 +540,7 @@ class Run:
             run_dir.upload_dir(adapter_dir, ADAPTER)
             run_dir.write_text(REPORT, text)
             run_dir.write_text(REPORT_PAGE, page)
+            self._fence()
             try:
                 record = existing or registry.register(self._record(version, versioned, dataset),
                                                        local_dir=adapter_dir)
@@ -528,6 +551,7 @@ class Run:
             raise RunError(f"adapter {self.name}: no free registry version after {PUBLISH_ATTEMPTS} attempts")
         result = RunResult(adapter_name=record.name, adapter_version=record.version, adapter_uri=record.uri,
                            report_uri=f"{record.uri}/{REPORT}", report_page_uri=f"{record.uri}/{REPORT_PAGE}")
+        self._fence()
         run_dir.write_text(RESULT, result.to_json())
         return result
 
