@@ -82,3 +82,5 @@ def test_a_second_trainer_is_refused_and_a_cut_off_one_is_taken_over_and_fenced(
     assert open_storage(records[0].uri).read_bytes("adapter_model.safetensors") == run_adapter
     lease = json.loads(root.child("runs", "shared").read_text("lease.json"))
     assert (lease["pid"], lease["released"]) == (third.pid, True)  # released by the trainer that finished
+    progress = json.loads(root.child("runs", "shared").read_text("progress.json"))
+    assert progress["state"] == "completed"  # the cut-off trainer wrote nothing over the third's run

@@ -213,6 +213,7 @@ class RunLease:
                      "token": uuid.uuid4().hex,
                      "since": datetime.now(UTC).isoformat(timespec="seconds"), "timeoutSeconds": self.timeout}
         self._tag: str | None = None
+        self._written = float("-inf")  # time.monotonic() of our last successful write of the lease
         self._lock = threading.Lock()  # one conditional write at a time: each needs the tag of the last
         self._lost: BaseException | None = None
         self._stop = threading.Event()
@@ -271,7 +272,7 @@ class RunLease:
             if current is None or current[0] != body:
                 return False
             new = current[1]
-        self._tag = new
+        self._tag, self._written = new, time.monotonic()
         return True
 
     def _call(self, action: Callable[[], Any], what: str) -> Any:
@@ -290,6 +291,14 @@ class RunLease:
                 self._lost = LeaseLost(f"run {self.run_id}: this trainer's lease {self.uri} was taken over by {by}; "
                                        "it stops writing the run")
                 raise self._lost
+
+    def confirm(self) -> None:
+        """fence() without a request while the lease was written less than half its timeout ago: no other
+        trainer may take it over before a whole timeout passes without a renewal. Before each background
+        write of progress.json / metrics.jsonl (outages.LatestWriter)."""
+        if self._lost is None and time.monotonic() - self._written < self.timeout / 2:
+            return
+        self.fence()
 
     def check(self) -> None:
         """Raise what stopped the renewals (LeaseLost, or the store unreachable beyond its tolerance)."""

@@ -12,8 +12,10 @@ exported as a Prometheus gauge by the trainer.
 
 `LatestWriter` writes files that are rewritten whole (metrics.jsonl, progress.json) on a background thread:
 `put()` never blocks the training loop, a newer `put()` of the same key replaces the pending one, and
-`drain()` waits until everything is stored. (botocore retries for seconds, not minutes, and has no notion of
-"latest wins"; hence these by hand.)
+`drain()` waits until everything is stored. Given a `fence` (the run lease's `confirm`), every attempt of a
+write first proves the run is still this trainer's: a trainer cut off from the store while another took the
+run over never writes its buffered files over the new writer's once the store is back. (botocore retries
+for seconds, not minutes, and has no notion of "latest wins"; hence these by hand.)
 
 `RetryingStorage` is a Storage whose every request goes through an Outage (publication uses it: adapter
 upload, registry, result.json). An exclusive write refused as existing after an earlier attempt of the same
@@ -116,12 +118,13 @@ class Outage:
 class LatestWriter:
     """Whole-file writes to `storage` on a background thread, the latest content of each key winning."""
 
-    def __init__(self, storage: Storage, outage: Outage):
+    def __init__(self, storage: Storage, outage: Outage, fence: Callable[[], None] | None = None):
         self.storage = storage
         self.outage = outage
+        self.fence = fence or (lambda: None)
         self._pending: dict[str, bytes] = {}
         self._busy = False
-        self._failure: StorageError | None = None
+        self._failure: Exception | None = None
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -156,8 +159,9 @@ class LatestWriter:
                 del self._pending[key]
                 self._busy = True
             try:
-                self.outage.call(lambda k=key, d=data: self.storage.write_bytes(k, d), f"writing {key}")
-            except StorageError as err:
+                self.outage.call(lambda k=key, d=data: (self.fence(), self.storage.write_bytes(k, d)),
+                                 f"writing {key}")
+            except Exception as err:  # StorageError, or LeaseLost from the fence
                 with self._changed:
                     self._failure = err
                     self._busy = False

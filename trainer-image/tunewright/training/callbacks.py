@@ -126,10 +126,10 @@ class RunLogCallback(TrainerCallback):
 
     def __init__(self, run: RunStore, samples_per_step: int, trainer: Any, display: TerminalDisplay,
                  prometheus: Any = None, resumed_lines: list[str] | None = None, flush_seconds: float = 0.0,
-                 outage: Outage | None = None):
+                 outage: Outage | None = None, fence: Callable[[], None] | None = None):
         self.run = run
         # Written in the background, so that a storage outage never stalls training (tunewright.outages).
-        self.writer = LatestWriter(run.dir, outage or Outage(run.dir.uri))
+        self.writer = LatestWriter(run.dir, outage or Outage(run.dir.uri), fence)
         self.samples_per_step = samples_per_step
         self.trainer = trainer
         self.display = display

@@ -23,7 +23,7 @@ from tunewright.config import TrainingConfig
 from tunewright.data.rows import Row
 from tunewright.data.split import split_by_prompt
 from tunewright.data.store import DatasetMeta, DatasetStore, load_rows, open_dataset
-from tunewright.lease import RunLease
+from tunewright.lease import LeaseLost, RunLease
 from tunewright.models.loading import load_base
 from tunewright.outages import Outage, RetryingStorage
 from tunewright.registry import (
@@ -314,8 +314,9 @@ class Run:
         """progress.json of a run that ends other than by success or a committed SIGTERM checkpoint says
         `failed` and why (the CLI's error line), so that nothing polling it sees `running` forever. Only once
         the attempt has started (a refused start or resume changes nothing stored) and best effort: when the
-        store is what failed, this cannot be written either."""
-        if not (is_main() and self._started):
+        store is what failed, this cannot be written either. A run taken over by another trainer (LeaseLost)
+        is that trainer's to write."""
+        if not (is_main() and self._started) or isinstance(err, LeaseLost):
             return
         plain = "interrupted (SIGINT)" if isinstance(err, KeyboardInterrupt) else type(err).__name__
         reason = " ".join((str(err) or plain).split())  # a SIGTERM outside training says so (cli.common)
@@ -393,7 +394,8 @@ class Run:
         logger = self._logger = RunLogCallback(self.run, samples_per_step, trainer, self.display,
                                 prometheus_for(config, self.run.run_id, self.metrics_port),
                                 resumed_metric_lines(self.run, start.step) if start else [],
-                                flush_seconds=0.0 if self.root.local_path() else 5.0, outage=self.outage)
+                                flush_seconds=0.0 if self.root.local_path() else 5.0, outage=self.outage,
+                                fence=self.lease.confirm if self.lease else None)
         if logger.prometheus is not None:
             logger.prometheus.watch_storage(self.outage)
         self._wire_commits(logger, hf_dir)
