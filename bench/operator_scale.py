@@ -169,6 +169,7 @@ class Timeline:
     freed: list[float] = field(default_factory=list)  # pod Succeeded events
     freed_pods: set[str] = field(default_factory=set)
     succeeded: dict[str, float] = field(default_factory=dict)  # job -> TrainingJob Succeeded
+    down: tuple[float, float] | None = None  # the operator's restart: killed .. its gauges account for all jobs
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -250,7 +251,9 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def latencies(t: Timeline) -> tuple[list[float], list[float]]:
-    """apply → pod for jobs applied while a slot was free; freed → next pod for those that waited."""
+    """apply → pod for jobs applied while a slot was free; freed → next pod for those that waited. Slots freed
+    while the operator was down are paired with a pod like the others (first freed, first filled) but not
+    counted: the resync figure is that time."""
     apply = [t.pod_added[j] - c for j, c in t.created.items()
              if t.in_flight_at_create[j] < MAX_CONCURRENT and j in t.pod_added]
     waited = {j for j, n in t.in_flight_at_create.items() if n >= MAX_CONCURRENT}
@@ -264,7 +267,9 @@ def latencies(t: Timeline) -> tuple[list[float], list[float]]:
         elif kind == 1:
             pending.discard(job)
             if frees:
-                following.append(at - frees.popleft())
+                freed = frees.popleft()
+                if not (t.down and t.down[0] <= freed <= t.down[1]):
+                    following.append(at - freed)
     return apply, following
 
 
@@ -365,6 +370,7 @@ class Bench:
                 while jobs_gauge(op) != n and time.monotonic() < began + 120:
                     time.sleep(0.05)
                 resync = round(time.monotonic() - began, 2)
+                timeline.down = (began, began + resync)
             time.sleep(0.2)
         wall = time.monotonic() - start
         time.sleep(1)  # the last status writes' echoes
