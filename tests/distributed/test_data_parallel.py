@@ -263,7 +263,9 @@ def test_a_second_trainer_of_a_run_being_written_is_refused_naming_rank_0_of_the
     from tunewright.lease import holder_name
 
     monkeypatch.setenv("TUNEWRIGHT_LEASE_SECONDS", "2")
-    config = quick_config("songs", **{**PARALLEL, "training.epochs": 50})  # still training when the second asks
+    # Still training when the second asks; no periodic checkpoint, which the second's rank 1 could otherwise
+    # start loading while the first's retention deletes it, failing on that before rank 0 reports the lease.
+    config = quick_config("songs", **{**PARALLEL, "training.epochs": 50, "checkpointing.everySteps": 100_000})
     first = _start(store, config, tmp_path, "--run-id", "leased", "--resume", "auto")
     progress = store.child("runs", "leased")
     _wait_for(lambda: progress.exists("progress.json")
