@@ -60,7 +60,28 @@ def reference_key(config: TrainingConfig) -> dict[str, Any]:
             "precision": config.training.precision, "maxLength": config.data.max_length}
 
 
-class DPOObjective:
+class ReferenceScored:
+    """The lazily scored, cached reference of DPO and ranking (tunewright.training.reference): attached in
+    prepare(), saved with each checkpoint and restored on resume."""
+
+    config: TrainingConfig | None
+    reference: reference.ReferenceScores | None
+
+    def prepare(self, trainer: Any, datasets: list[list[dict[str, Any]]], family: Family,
+                run_dir: Storage | None = None) -> None:
+        assert self.config is not None, "examples() sets the configuration"
+        self.reference = reference.attach(trainer, datasets, family, reference_key(self.config))
+
+    def save(self, directory: Path) -> None:
+        if self.reference is not None:
+            self.reference.save(directory)
+
+    def restore(self, directory: Path) -> None:
+        if self.reference is not None:
+            self.reference.restore(directory)
+
+
+class DPOObjective(ReferenceScored):
     name = "dpo"
     kinds = ("preference", "rated")
 
@@ -118,15 +139,3 @@ class DPOObjective:
         }
         return losses.mean(), metrics
 
-    def prepare(self, trainer: Any, datasets: list[list[dict[str, Any]]], family: Family,
-                run_dir: Storage | None = None) -> None:
-        assert self.config is not None, "examples() sets the configuration"
-        self.reference = reference.attach(trainer, datasets, family, reference_key(self.config))
-
-    def save(self, directory: Path) -> None:
-        if self.reference is not None:
-            self.reference.save(directory)
-
-    def restore(self, directory: Path) -> None:
-        if self.reference is not None:
-            self.reference.restore(directory)

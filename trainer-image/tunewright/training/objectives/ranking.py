@@ -12,18 +12,16 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from tunewright.config import TrainingConfig
 from tunewright.data.rows import RankedRow, RatedRow, Row
-from tunewright.storage import Storage
 from tunewright.training import reference
 from tunewright.training.family import Family
 from tunewright.training.objectives.base import DataError
-from tunewright.training.objectives.dpo import reference_key
+from tunewright.training.objectives.dpo import ReferenceScored
 from tunewright.training.objectives.losses import listmle_loss, margin_ranking_loss, ranking_metrics
 
 log = logging.getLogger(__name__)
@@ -68,7 +66,7 @@ def distinct(encoded: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
-class RankingObjective:
+class RankingObjective(ReferenceScored):
     name = "ranking"
     kinds = ("ranked", "rated")
 
@@ -126,15 +124,3 @@ class RankingObjective:
             loss = loss + params.sft_weight * -logps[best].sum() / tokens[best].sum().clamp(min=1)
         return loss, ranking_metrics(rewards.detach(), mask)
 
-    def prepare(self, trainer: Any, datasets: list[list[dict[str, Any]]], family: Family,
-                run_dir: Storage | None = None) -> None:
-        assert self.config is not None, "examples() sets the configuration"
-        self.reference = reference.attach(trainer, datasets, family, reference_key(self.config))
-
-    def save(self, directory: Path) -> None:
-        if self.reference is not None:
-            self.reference.save(directory)
-
-    def restore(self, directory: Path) -> None:
-        if self.reference is not None:
-            self.reference.restore(directory)
