@@ -57,8 +57,12 @@ def _makefile_installs() -> list[list[str]]:
 
 
 def _dockerfile_installs(path: Path) -> list[list[str]]:
+    """The dependency layer's installs; the last install must be the sources alone (`--no-deps .`), so that a
+    change to them does not rebuild the dependencies."""
     runs = [a for op, a in _instructions(path) if op == "RUN"]
-    return _pip_installs(runs, _args(path))
+    *dependencies, sources = _pip_installs(runs, _args(path))
+    assert sources == ["."] and any("pip install --no-cache-dir --no-deps ." in r for r in runs), "sources alone"
+    return dependencies
 
 
 def _only_extras(installs: list[list[str]], keep: set[str]) -> list[list[str]]:
