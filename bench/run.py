@@ -219,9 +219,11 @@ class Stores:
             self.s3[0].stop()
 
 
-def measure(comps: list[Comparison], reps: int, timeout: float, threads: int, budget: float | None = None) -> None:
+def measure(comps: list[Comparison], reps: int, timeout: float, threads: int, budget: float | None = None,
+            limit: float | None = None) -> None:
     """Run every comparison's sides `reps` times (a comparison's own `reps` when set); with `budget`, no
-    repetition after the first starts once that many seconds have passed."""
+    repetition after the first starts once that many seconds have passed; with `limit`, none starts that
+    would end past `limit` seconds, predicting its length from the mean of each comparison's repetitions so far."""
     base_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -231,6 +233,11 @@ def measure(comps: list[Comparison], reps: int, timeout: float, threads: int, bu
         for rep in range(max(c.reps or reps for c in comps)):
             if rep and budget is not None and time.perf_counter() - began > budget:
                 print(f"  time budget ({budget:.0f} s) spent: stopping after {rep} repetition(s)", flush=True)
+                break
+            expected = sum(c.seconds / rep for c in comps if rep < (c.reps or reps)) if rep else 0.0
+            if rep and limit is not None and time.perf_counter() - began + expected > limit:
+                print(f"  repetition {rep + 1} would take ~{expected:.0f} s and end past {limit:.0f} s: stopping "
+                      f"after {rep} repetition(s)", flush=True)
                 break
             for comp in comps:
                 total = comp.reps or reps
@@ -449,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny models and a few steps (plumbing check)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement process")
+    p.add_argument("--minutes", type=float, default=float(os.environ.get("BENCH_MINUTES", "15")),
+                   help="start no repetition that would end the measurements past this many minutes (default 15: "
+                        "the issue's bound for `make bench`; 0: no bound)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")),
                    help="torch threads per process (default 1: on 2 cores shared with other work, 2 threads "
                         "wait on each other and step times vary 2-6x)")
@@ -465,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     began, load_before = time.perf_counter(), os.getloadavg()
     print(f"bench: {len(comps)} comparisons x {args.reps} repetitions, each side in its own process "
           f"({args.threads} torch thread{'s' if args.threads > 1 else ''} each)", flush=True)
-    measure(comps, args.reps, args.timeout, args.threads)
+    measure(comps, args.reps, args.timeout, args.threads, limit=args.minutes * 60 or None)
     summary = summarise(comps)
     results = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "device": device(), "reps": args.reps,
                "threads": args.threads, "quick": args.quick, "seconds": round(time.perf_counter() - began, 1),

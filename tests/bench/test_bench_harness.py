@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import bench.run as bench_run  # noqa: E402
 from bench.run import Comparison, Metric, Side, final_line, summarise, table  # noqa: E402
 
 
@@ -121,3 +122,20 @@ def test_quick_checkpoint_comparison_ends_each_run_at_its_last_step_with_every_f
     for run in (saving, plain):
         assert 0 < run["step_cpu_s"] <= run["step_s"] * 1.5 and run["other_threads_cpu_s"] >= -0.01
     assert ckpt["seconds"] > 0
+
+
+def test_no_repetition_starts_that_would_end_the_measurements_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+
+    def child(case: str, params: dict, env: dict, timeout: float) -> dict:
+        clock[0] += 100.0
+        return {"wall_s": 100.0}
+
+    monkeypatch.setattr(bench_run, "run_child", child)
+    monkeypatch.setattr(bench_run, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    headline, other = comparison("sft", [], []), comparison("musicgen", [], [])
+    other.reps = 1
+    bench_run.measure([headline, other], reps=5, timeout=60, threads=1, limit=1000)
+    # Repetition 1: 400 s; each later one only the headline's 200 s: 600, 800, 1000; the 5th would end at 1200.
+    assert [len(headline.runs["ours"]), len(other.runs["ours"])] == [4, 1]
+    assert headline.seconds == 800 and clock[0] == 1000
