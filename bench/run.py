@@ -64,6 +64,7 @@ class Comparison:
     store: str = ""  # "s3": moto's server; "s3-slow": moto behind a proxy adding SLOW_STORE_S per request
     alternatives: list[Side] = field(default_factory=list)  # more configurations of the other tool
     reps: int | None = None  # repetitions when not the run's --reps
+    headline: bool = False  # its repetitions come first when time is short (see measure)
     runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     seconds: float = 0.0  # wall time of all its measurement processes
 
@@ -112,12 +113,12 @@ def comparisons(quick: bool) -> list[Comparison]:
              Metric("seconds_to_target", "s to held-out acc 0.9", "s", higher_is_better=False),
              Metric("train_seconds_to_target", "  of which in steps", "s", higher_is_better=False),
              Metric("steps_to_target", "steps to acc 0.9", "", compared=False), rss],
-            alternatives=[Side("TRL precompute_ref_log_probs", "dpo.trl_precompute")]),
+            alternatives=[Side("TRL precompute_ref_log_probs", "dpo.trl_precompute")], headline=True),
         Comparison(
             "sft", Side("tunewright sft", "sft.tunewright"), Side("TRL SFTTrainer", "sft.trl"),
             {**text, "steps": steps(10, 3), "warmup": steps(2, 1), "lr": 2e-4},
             [Metric("samples_per_s", "samples/s", "1/s"), Metric("mean_steps_per_s", "steps/s (window mean)", "1/s"),
-             Metric("tokens_per_s", "tokens/s", "1/s"), rss]),
+             Metric("tokens_per_s", "tokens/s", "1/s"), rss], headline=True),
         Comparison(
             "musicgen", Side("tunewright (cached)", "musicgen.tunewright"),
             Side("encode every step", "musicgen.baseline"),
@@ -222,27 +223,35 @@ class Stores:
 def measure(comps: list[Comparison], reps: int, timeout: float, threads: int, budget: float | None = None,
             limit: float | None = None) -> None:
     """Run every comparison's sides `reps` times (a comparison's own `reps` when set); with `budget`, no
-    repetition after the first starts once that many seconds have passed; with `limit`, none starts that
-    would end past `limit` seconds, predicting its length from the mean of each comparison's repetitions so far."""
+    repetition after the first starts once that many seconds have passed. With `limit`, no repetition of a
+    comparison starts that would end past `limit` seconds, or, for a comparison that is not a headline one,
+    that would leave too little time for the headline comparisons' remaining repetitions (lengths predicted
+    from each comparison's mean repetition so far); a comparison stopped so runs no more repetitions."""
     base_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     stores = Stores()
+    stopped: set[str] = set()
     began = time.perf_counter()
     try:
         for rep in range(max(c.reps or reps for c in comps)):
             if rep and budget is not None and time.perf_counter() - began > budget:
                 print(f"  time budget ({budget:.0f} s) spent: stopping after {rep} repetition(s)", flush=True)
                 break
-            expected = sum(c.seconds / rep for c in comps if rep < (c.reps or reps)) if rep else 0.0
-            if rep and limit is not None and time.perf_counter() - began + expected > limit:
-                print(f"  repetition {rep + 1} would take ~{expected:.0f} s and end past {limit:.0f} s: stopping "
-                      f"after {rep} repetition(s)", flush=True)
-                break
             for comp in comps:
                 total = comp.reps or reps
-                if rep >= total:
+                if rep >= total or comp.name in stopped:
                     continue
+                if rep and limit is not None:
+                    reserved = 0.0 if comp.headline else sum(_left(c, reps) for c in comps
+                                                              if c.headline and c.name not in stopped)
+                    end = time.perf_counter() - began + comp.seconds / rep + reserved
+                    if end > limit:
+                        stopped.add(comp.name)
+                        why = f" and {reserved:.0f} s kept for the headline comparisons" if reserved else ""
+                        print(f"  {comp.name}: a repetition more (~{comp.seconds / rep:.0f} s{why}) would end past "
+                              f"{limit:.0f} s: stopping it after {rep} repetition(s)", flush=True)
+                        continue
                 env = {**base_env, **stores.env(comp.store)}
                 order = [(role, comp.side(role)) for role in comp.roles()]
                 for role, side in order if rep % 2 == 0 else order[::-1]:
@@ -252,6 +261,12 @@ def measure(comps: list[Comparison], reps: int, timeout: float, threads: int, bu
                     print(f"  rep {rep + 1}/{total} {comp.name:9s} {side.label:29s} {brief(result)}", flush=True)
     finally:
         stores.stop()
+
+
+def _left(comp: Comparison, reps: int) -> float:
+    """Predicted seconds of the repetitions `comp` has yet to run: its mean repetition so far, times them."""
+    done = len(comp.runs[comp.roles()[0]])
+    return ((comp.reps or reps) - done) * comp.seconds / done if done else 0.0
 
 
 def brief(result: dict[str, Any]) -> str:
@@ -457,8 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement process")
     p.add_argument("--minutes", type=float, default=float(os.environ.get("BENCH_MINUTES", "15")),
-                   help="start no repetition that would end the measurements past this many minutes (default 15: "
-                        "the issue's bound for `make bench`; 0: no bound)")
+                   help="start no repetition that would end the measurements past this many minutes, keeping the "
+                        "time the headline comparisons' (dpo, sft) remaining repetitions need (default 15: the "
+                        "issue's bound for `make bench`; 0: no bound)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")),
                    help="torch threads per process (default 1: on 2 cores shared with other work, 2 threads "
                         "wait on each other and step times vary 2-6x)")

@@ -124,7 +124,9 @@ def test_quick_checkpoint_comparison_ends_each_run_at_its_last_step_with_every_f
     assert ckpt["seconds"] > 0
 
 
-def test_no_repetition_starts_that_would_end_the_measurements_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("limit", "done", "ended"), [(1300, [5, 1], 1200), (1500, [5, 2], 1400)])
+def test_no_repetition_starts_that_would_end_past_the_limit_and_the_headline_ones_come_first(
+        monkeypatch: pytest.MonkeyPatch, limit: float, done: list[int], ended: float) -> None:
     clock = [0.0]
 
     def child(case: str, params: dict, env: dict, timeout: float) -> dict:
@@ -134,8 +136,11 @@ def test_no_repetition_starts_that_would_end_the_measurements_past_the_limit(mon
     monkeypatch.setattr(bench_run, "run_child", child)
     monkeypatch.setattr(bench_run, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
     headline, other = comparison("sft", [], []), comparison("musicgen", [], [])
-    other.reps = 1
-    bench_run.measure([headline, other], reps=5, timeout=60, threads=1, limit=1000)
-    # Repetition 1: 400 s; each later one only the headline's 200 s: 600, 800, 1000; the 5th would end at 1200.
-    assert [len(headline.runs["ours"]), len(other.runs["ours"])] == [4, 1]
-    assert headline.seconds == 800 and clock[0] == 1000
+    headline.headline, other.reps = True, 3
+    bench_run.measure([headline, other], reps=5, timeout=60, threads=1, limit=limit)
+    # 200 s a repetition each. Limit 1300: after repetition 1 (400 s) and the headline's 2nd (600 s), the
+    # other's 2nd would end at 1400 with the headline's 3 left (600 s) reserved: it stops, the headline runs
+    # to 1200. Limit 1500: the other's 2nd fits (600 + 200 + 600 reserved), its 3rd would not
+    # (1000 + 200 + 400): the headline ends at 1400.
+    assert [len(headline.runs["ours"]), len(other.runs["ours"])] == done
+    assert clock[0] == ended
