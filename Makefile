@@ -72,7 +72,8 @@ control-plane: .bin/.control-plane
 # tunewright vs TRL (DPO at its defaults and with precompute_ref_log_probs) / an encode-every-step MusicGen
 # loop / no checkpoints (a local and a 200 ms-per-request S3), same model+data+hardware, each side in its own
 # process; table + bench/results.json, last line = key ratios (medians of per-repetition ratios). Not part of
-# `make test`. BENCH_REPS=n changes the repetitions (default 5; checkpoints 3); BENCH_ARGS="--only dpo,sft"
+# `make test`. BENCH_REPS=n changes the repetitions (default 5; musicgen and checkpoints up to 3; all
+# within BENCH_MINUTES=15, the headline DPO/SFT first); BENCH_ARGS="--only dpo,sft"
 # picks comparisons, BENCH_ARGS=--quick checks the plumbing with tiny models. `python -m bench.profiling`
 # profiles the DPO and SFT sides' steps.
 bench: install

@@ -64,7 +64,9 @@ class Comparison:
     store: str = ""  # "s3": moto's server; "s3-slow": moto behind a proxy adding SLOW_STORE_S per request
     alternatives: list[Side] = field(default_factory=list)  # more configurations of the other tool
     reps: int | None = None  # repetitions when not the run's --reps
+    headline: bool = False  # its repetitions come first when time is short (see measure)
     runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    seconds: float = 0.0  # wall time of all its measurement processes
 
     def __post_init__(self) -> None:
         for role in self.roles():
@@ -86,10 +88,12 @@ def comparisons(quick: bool) -> list[Comparison]:
     def ckpt(name: str, store: str, reps: int | None) -> Comparison:
         return Comparison(
             name, Side("S3 checkpoint every K", "ckpt.with_checkpoints"), Side("no checkpoints", "ckpt.without"),
-            {**text, "steps": steps(34, 6), "warmup": steps(5, 1), "every": steps(10, 2), "lr": 2e-4,
+            {**text, "steps": steps(33, 6), "warmup": steps(3, 1), "every": steps(10, 2), "lr": 2e-4,
              "per_prompt": 11, "store": store},
             [Metric("steps_per_s", "steps/s (window mean)", "1/s"),
              Metric("step_s", "median step", "s", higher_is_better=False),
+             Metric("step_cpu_s", "  training thread CPU", "s", higher_is_better=False),
+             Metric("other_threads_cpu_s", "other threads' CPU s", "s", compared=False),
              Metric("excess_s_per_position", "s extra after K-th step", "s", compared=False),
              Metric("interval_cost", "  per K steps (fraction)", "", compared=False),
              Metric("sync_s_per_checkpoint", "s per ckpt (sync save)", "s", compared=False),
@@ -109,12 +113,12 @@ def comparisons(quick: bool) -> list[Comparison]:
              Metric("seconds_to_target", "s to held-out acc 0.9", "s", higher_is_better=False),
              Metric("train_seconds_to_target", "  of which in steps", "s", higher_is_better=False),
              Metric("steps_to_target", "steps to acc 0.9", "", compared=False), rss],
-            alternatives=[Side("TRL precompute_ref_log_probs", "dpo.trl_precompute")]),
+            alternatives=[Side("TRL precompute_ref_log_probs", "dpo.trl_precompute")], headline=True),
         Comparison(
             "sft", Side("tunewright sft", "sft.tunewright"), Side("TRL SFTTrainer", "sft.trl"),
             {**text, "steps": steps(10, 3), "warmup": steps(2, 1), "lr": 2e-4},
             [Metric("samples_per_s", "samples/s", "1/s"), Metric("mean_steps_per_s", "steps/s (window mean)", "1/s"),
-             Metric("tokens_per_s", "tokens/s", "1/s"), rss]),
+             Metric("tokens_per_s", "tokens/s", "1/s"), rss], headline=True),
         Comparison(
             "musicgen", Side("tunewright (cached)", "musicgen.tunewright"),
             Side("encode every step", "musicgen.baseline"),
@@ -122,7 +126,7 @@ def comparisons(quick: bool) -> list[Comparison]:
              "steps": steps(10, 3), "warmup": steps(2, 1), "seconds": steps(2.0, 0.5), "prompts": 22, "per_prompt": 1},
             [Metric("steps_per_s", "steps/s", "1/s"), Metric("mean_steps_per_s", "steps/s (window mean)", "1/s"),
              Metric("seconds_to_first_step", "s from start to step 1", "s", higher_is_better=False),
-             Metric("encoder_share", "encoders' share of step", "", compared=False), rss]),
+             Metric("encoder_share", "encoders' share of step", "", compared=False), rss], reps=3),
         ckpt("ckpt", "s3", 3),
         ckpt("ckpt-slow", "s3-slow", 3),
     ]
@@ -136,7 +140,9 @@ def run_child(case: str, params: dict[str, Any], env: dict[str, str], timeout: f
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         result_path, log_path = Path(tmp) / "result.json", Path(tmp) / "log.txt"
         began, parent_cpu = time.perf_counter(), time.process_time()
-        env = {**env, "HF_DATASETS_CACHE": str(Path(tmp) / "datasets")}  # nothing cached by an earlier child
+        # Nothing cached by an earlier child; every temporary file of the child in `tmp` (removed here even
+        # when the child ends itself with bench.child.finish).
+        env = {**env, "HF_DATASETS_CACHE": str(Path(tmp) / "datasets"), "TMPDIR": tmp}
         with log_path.open("w") as log:
             proc = subprocess.Popen([sys.executable, "-m", "bench.child", case, json.dumps(params), str(result_path)],
                                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -214,13 +220,18 @@ class Stores:
             self.s3[0].stop()
 
 
-def measure(comps: list[Comparison], reps: int, timeout: float, threads: int, budget: float | None = None) -> None:
+def measure(comps: list[Comparison], reps: int, timeout: float, threads: int, budget: float | None = None,
+            limit: float | None = None) -> None:
     """Run every comparison's sides `reps` times (a comparison's own `reps` when set); with `budget`, no
-    repetition after the first starts once that many seconds have passed."""
+    repetition after the first starts once that many seconds have passed. With `limit`, no repetition of a
+    comparison starts that would end past `limit` seconds, or, for a comparison that is not a headline one,
+    that would leave too little time for the headline comparisons' remaining repetitions (lengths predicted
+    from each comparison's mean repetition so far); a comparison stopped so runs no more repetitions."""
     base_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     stores = Stores()
+    stopped: set[str] = set()
     began = time.perf_counter()
     try:
         for rep in range(max(c.reps or reps for c in comps)):
@@ -229,16 +240,33 @@ def measure(comps: list[Comparison], reps: int, timeout: float, threads: int, bu
                 break
             for comp in comps:
                 total = comp.reps or reps
-                if rep >= total:
+                if rep >= total or comp.name in stopped:
                     continue
+                if rep and limit is not None:
+                    reserved = 0.0 if comp.headline else sum(_left(c, reps) for c in comps
+                                                              if c.headline and c.name not in stopped)
+                    end = time.perf_counter() - began + comp.seconds / rep + reserved
+                    if end > limit:
+                        stopped.add(comp.name)
+                        why = f" and {reserved:.0f} s kept for the headline comparisons" if reserved else ""
+                        print(f"  {comp.name}: a repetition more (~{comp.seconds / rep:.0f} s{why}) would end past "
+                              f"{limit:.0f} s: stopping it after {rep} repetition(s)", flush=True)
+                        continue
                 env = {**base_env, **stores.env(comp.store)}
                 order = [(role, comp.side(role)) for role in comp.roles()]
                 for role, side in order if rep % 2 == 0 else order[::-1]:
                     result = run_child(side.case, comp.params, env, timeout)
                     comp.runs[role].append(result)
+                    comp.seconds += result["wall_s"]
                     print(f"  rep {rep + 1}/{total} {comp.name:9s} {side.label:29s} {brief(result)}", flush=True)
     finally:
         stores.stop()
+
+
+def _left(comp: Comparison, reps: int) -> float:
+    """Predicted seconds of the repetitions `comp` has yet to run: its mean repetition so far, times them."""
+    done = len(comp.runs[comp.roles()[0]])
+    return ((comp.reps or reps) - done) * comp.seconds / done if done else 0.0
 
 
 def brief(result: dict[str, Any]) -> str:
@@ -285,6 +313,13 @@ KEY_RATIOS = {
     # processes, which moves by more than the overhead with the load other work puts on the cores.
     "ckpt_overhead": ("ckpt", "interval_cost", "ours-theirs", "theirs"),
     "ckpt_overhead_slow_store": ("ckpt-slow", "interval_cost", "ours-theirs", "theirs"),
+    # Across the two processes (alternated): median step away from checkpoints, with / without, and the
+    # training thread's CPU time per such step. A cost spread over every step would raise both; load
+    # from other processes raises only the first.
+    "ckpt_step_with_vs_without": ("ckpt", "step_s", "ours/theirs", "theirs"),
+    "ckpt_step_cpu_with_vs_without": ("ckpt", "step_cpu_s", "ours/theirs", "theirs"),
+    "ckpt_slow_step_with_vs_without": ("ckpt-slow", "step_s", "ours/theirs", "theirs"),
+    "ckpt_slow_step_cpu_with_vs_without": ("ckpt-slow", "step_cpu_s", "ours/theirs", "theirs"),
 }
 DERIVED = {"musicgen_of_ceiling": ("musicgen_speedup", "musicgen_ceiling")}  # per repetition, a / b
 
@@ -292,7 +327,7 @@ TARGETS = {"dpo_speedup": (">=", 1.5), "dpo_time_to_acc_speedup": (">=", 1.2), "
            "musicgen_of_ceiling": (">=", 0.95), "ckpt_overhead": ("<=", 0.05),
            "ckpt_overhead_slow_store": ("<=", 0.10)}
 LAST_LINE = ["dpo_speedup", "dpo_speedup_vs_default", "dpo_time_to_acc_speedup", "sft_speedup", "musicgen_speedup",
-             "musicgen_ceiling", "ckpt_overhead", "ckpt_overhead_slow_store"]
+             "musicgen_ceiling", "ckpt_overhead"]  # the issue's keys; the rest are in the table and results.json
 
 
 def combine(ours: float | None, theirs: float | None, how: str) -> float | None:
@@ -330,6 +365,7 @@ def summarise(comps: list[Comparison]) -> dict[str, Any]:
             "ours": comp.ours.label, "theirs": comp.theirs.label, "params": comp.params,
             "labels": {role: comp.side(role).label for role in comp.roles()},
             "available": all(a for a, _ in ok), "why_not": "; ".join(w for _, w in ok if w),
+            "seconds": round(comp.seconds, 1), "repetitions": max((len(r) for r in comp.runs.values()), default=0),
             "medians": {role: {m.key: median(comp.runs[role], m.key) for m in comp.metrics} for role in comp.roles()},
             "ratios": {role: {m.key: spread(per_rep(comp.runs["ours"], comp.runs[role], m.key,
                                                     "ours/theirs" if m.higher_is_better else "theirs/ours"))
@@ -379,6 +415,8 @@ def table(comps: list[Comparison], summary: dict[str, Any]) -> str:
              "other side"]
     for comp in comps:
         info = summary["comparisons"][comp.name]
+        lines.append(f"{comp.name:10s} {'wall time, all sides':24s} {comp.seconds:>10.0f}s "
+                     f"({info['repetitions']} repetitions)")
         if not info["available"]:
             lines.append(f"{comp.name:10s} not available: {info['why_not']}")
             continue
@@ -427,11 +465,16 @@ def final_line(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS", "5")),
-                   help="repetitions (default 5; the checkpoint comparisons run 3 unless --reps is lower)")
+                   help="repetitions of the headline comparisons, dpo and sft (default 5); musicgen and the "
+                        "checkpoint comparisons run 3 unless --reps is lower")
     p.add_argument("--only", default="", help="comma-separated comparisons (dpo, sft, musicgen, ckpt, ckpt-slow)")
     p.add_argument("--quick", action="store_true", help="tiny models and a few steps (plumbing check)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement process")
+    p.add_argument("--minutes", type=float, default=float(os.environ.get("BENCH_MINUTES", "15")),
+                   help="start no repetition that would end the measurements past this many minutes, keeping the "
+                        "time the headline comparisons' (dpo, sft) remaining repetitions need (default 15: the "
+                        "issue's bound for `make bench`; 0: no bound)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")),
                    help="torch threads per process (default 1: on 2 cores shared with other work, 2 threads "
                         "wait on each other and step times vary 2-6x)")
@@ -448,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     began, load_before = time.perf_counter(), os.getloadavg()
     print(f"bench: {len(comps)} comparisons x {args.reps} repetitions, each side in its own process "
           f"({args.threads} torch thread{'s' if args.threads > 1 else ''} each)", flush=True)
-    measure(comps, args.reps, args.timeout, args.threads)
+    measure(comps, args.reps, args.timeout, args.threads, limit=args.minutes * 60 or None)
     summary = summarise(comps)
     results = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "device": device(), "reps": args.reps,
                "threads": args.threads, "quick": args.quick, "seconds": round(time.perf_counter() - began, 1),
@@ -458,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(comps, summary))
     print("\ntargets: " + ", ".join(f"{k} {t['target']}: {verdict(t['met'])}" for k, t in summary["targets"].items()))
-    print(f"results: {args.out} ({results['seconds']:.0f} s; load average {load_before[0]:.1f} -> "
+    print(f"results: {args.out} (whole run {results['seconds']:.0f} s; load average {load_before[0]:.1f} -> "
           f"{results['load_average']['after'][0]:.1f} on {results['device']['cores']} cores)")
     print(final_line(summary))
     return 0

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import bench.run as bench_run  # noqa: E402
 from bench.run import Comparison, Metric, Side, final_line, summarise, table  # noqa: E402
 
 
@@ -32,9 +33,14 @@ def test_ratios_are_medians_of_per_repetition_ratios_against_the_faster_configur
     musicgen = comparison("musicgen", [{"available": False, "reason": "method 'x' is not available"}],
                           [{"steps_per_s": 1.0}])
     ckpt = Comparison("ckpt", Side("with", "ckpt.a"), Side("without", "ckpt.b"), {},
-                      [Metric("interval_cost", "cost", "", higher_is_better=False)])
-    ckpt.runs = {"ours": [{"interval_cost": c} for c in (0.06, 0.05, 0.2)],
-                 "theirs": [{"interval_cost": c} for c in (0.0, -0.01)]}
+                      [Metric("interval_cost", "cost", "", higher_is_better=False),
+                       Metric("step_s", "median step", "s", higher_is_better=False),
+                       Metric("step_cpu_s", "step CPU", "s", higher_is_better=False)])
+    ckpt.runs = {"ours": [{"interval_cost": c, "step_s": s, "step_cpu_s": 0.3, "wall_s": 20.0}
+                          for c, s in ((0.06, 0.42), (0.05, 0.48), (0.2, 0.40))],
+                 "theirs": [{"interval_cost": c, "step_s": s, "step_cpu_s": 0.3, "wall_s": 19.0}
+                            for c, s in ((0.0, 0.36), (-0.01, 0.38))]}
+    ckpt.seconds = 78.0
 
     summary = summarise([dpo, musicgen, ckpt])
 
@@ -47,6 +53,11 @@ def test_ratios_are_medians_of_per_repetition_ratios_against_the_faster_configur
     # Time: the precomputed configuration is faster here too (median 15 s vs 45 s): 12/10, 15/30, 60/20.
     assert summary["ratios"]["dpo_time_to_acc_speedup"] == pytest.approx(1.2)
     assert summary["ratios"]["ckpt_overhead"] == pytest.approx((0.06 + 0.06) / 2)  # with minus without, per rep
+    # Across the processes, per repetition: the median step with / without, and the training thread's CPU.
+    assert summary["spread"]["ckpt_step_with_vs_without"]["values"] == pytest.approx([0.42 / 0.36, 0.48 / 0.38])
+    assert summary["ratios"]["ckpt_step_cpu_with_vs_without"] == pytest.approx(1.0)
+    assert summary["comparisons"]["ckpt"]["seconds"] == 78.0
+    assert summary["comparisons"]["ckpt"]["repetitions"] == 3
     assert summary["ratios"]["musicgen_speedup"] is None
     assert summary["targets"]["dpo_speedup"]["met"] is True
     assert summary["targets"]["dpo_time_to_acc_speedup"]["met"] is True
@@ -55,9 +66,9 @@ def test_ratios_are_medians_of_per_repetition_ratios_against_the_faster_configur
     text = table([dpo, musicgen, ckpt], summary)
     assert "musicgen   not available: method 'x' is not available" in text
     assert "1.5x (1–50)" in text
+    assert re.search(r"ckpt +wall time, all sides +78s \(3 repetitions\)", text), text
     assert final_line(summary) == ("dpo_speedup=1.50 dpo_speedup_vs_default=3.00 dpo_time_to_acc_speedup=1.20 "
-                                   "sft_speedup=n/a musicgen_speedup=n/a musicgen_ceiling=n/a ckpt_overhead=0.06 "
-                                   "ckpt_overhead_slow_store=n/a")
+                                   "sft_speedup=n/a musicgen_speedup=n/a musicgen_ceiling=n/a ckpt_overhead=0.06")
 
 
 def test_musicgen_ceiling_is_one_over_the_baselines_non_encoder_share_per_repetition() -> None:
@@ -78,14 +89,58 @@ def test_quick_sft_comparison_runs_both_sides_in_their_own_processes(tmp_path: P
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"dpo_speedup=n/a dpo_speedup_vs_default=n/a dpo_time_to_acc_speedup=n/a "
-                        r"sft_speedup=\d+\.\d\d musicgen_speedup=n/a musicgen_ceiling=n/a ckpt_overhead=n/a "
-                        r"ckpt_overhead_slow_store=n/a", last), last
+                        r"sft_speedup=\d+\.\d\d musicgen_speedup=n/a musicgen_ceiling=n/a ckpt_overhead=n/a",
+                        last), last
     results = json.loads(out.read_text())
     sft = results["comparisons"]["sft"]
     assert sft["available"]
+    walls = [run["wall_s"] for role in ("ours", "theirs") for run in sft["runs"][role]]
+    assert sft["seconds"] == pytest.approx(sum(walls), abs=0.1) and sft["seconds"] <= results["seconds"]
     for role in ("ours", "theirs"):
         (run,) = sft["runs"][role]
         assert run["samples_per_s"] > 0 and run["tokens_per_s"] > run["samples_per_s"]
         assert 100 < run["peak_rss_mb"] < 8000  # each child's own peak (torch alone is > 100 MB)
         assert 50 < run["tokens_per_sample"] <= sft["params"]["max_length"]
     assert results["device"]["cores"] and results["device"]["versions"]["trl"]
+
+
+
+def test_quick_checkpoint_comparison_ends_each_run_at_its_last_step_with_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--reps", "1", "--only", "ckpt",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"dpo_speedup=n/a .* musicgen_ceiling=n/a ckpt_overhead=-?\d+\.\d\d", last), last
+    ckpt = json.loads(out.read_text())["comparisons"]["ckpt"]
+    (saving,), (plain,) = ckpt["runs"]["ours"], ckpt["runs"]["theirs"]
+    # bench.child.finish at the last step: the figures are there, the final checkpoint never started (the run
+    # without periodic checkpoints uploaded nothing), and the checkpoint every 2 steps was committed first.
+    assert "error" not in saving and "error" not in plain
+    assert "upload_s_per_checkpoint" not in plain
+    assert saving["upload_s_per_checkpoint"] > 0 and saving["sync_s_per_checkpoint"] is not None
+    for run in (saving, plain):
+        assert 0 < run["step_cpu_s"] <= run["step_s"] * 1.5 and run["other_threads_cpu_s"] >= -0.01
+    assert ckpt["seconds"] > 0
+
+
+@pytest.mark.parametrize(("limit", "done", "ended"), [(1300, [5, 1], 1200), (1500, [5, 2], 1400)])
+def test_no_repetition_starts_that_would_end_past_the_limit_and_the_headline_ones_come_first(
+        monkeypatch: pytest.MonkeyPatch, limit: float, done: list[int], ended: float) -> None:
+    clock = [0.0]
+
+    def child(case: str, params: dict, env: dict, timeout: float) -> dict:
+        clock[0] += 100.0
+        return {"wall_s": 100.0}
+
+    monkeypatch.setattr(bench_run, "run_child", child)
+    monkeypatch.setattr(bench_run, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    headline, other = comparison("sft", [], []), comparison("musicgen", [], [])
+    headline.headline, other.reps = True, 3
+    bench_run.measure([headline, other], reps=5, timeout=60, threads=1, limit=limit)
+    # 200 s a repetition each. Limit 1300: after repetition 1 (400 s) and the headline's 2nd (600 s), the
+    # other's 2nd would end at 1400 with the headline's 3 left (600 s) reserved: it stops, the headline runs
+    # to 1200. Limit 1500: the other's 2nd fits (600 + 200 + 600 reserved), its 3rd would not
+    # (1000 + 200 + 400): the headline ends at 1400.
+    assert [len(headline.runs["ours"]), len(other.runs["ours"])] == done
+    assert clock[0] == ended
