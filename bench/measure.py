@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from tunewright.training.family import sample_logprobs
+
 PROCESS_START = time.perf_counter()  # reset by bench.child to the moment the process began
 
 
@@ -174,7 +176,7 @@ class PreferenceJudge(TrainerCallback):
             device = next(model.parameters()).device  # the GPU in `make bench-gpu`
             ids, attention, completion = ids.to(device), attention.to(device), completion.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
-            token_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-            out.append((token_logp * completion[:, 1:]).sum(-1).cpu())
+                logps, _ = sample_logprobs(model, {"input_ids": ids, "attention_mask": attention,
+                                                   "sample_mask": completion})
+            out.append(logps.cpu())
         return torch.cat(out)

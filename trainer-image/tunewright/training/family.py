@@ -73,25 +73,31 @@ class CausalLMFamily:
         return {"input_ids": ids, "attention_mask": attention, "sample_mask": sample}
 
     def sequence_logprobs(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        # Only the sample's tokens are scored, so the LM head and the log-softmax over the vocabulary run on their
-        # positions alone, not on the prompt's and the padding's: a pre-hook on the output embeddings hands the
-        # head those rows of the hidden states. The model's forward stays in charge of the rest (e.g. Gemma's
-        # logit soft-capping after the head). transformers' `logits_to_keep` cannot do this: it keeps the same
-        # positions in every row of the batch.
-        scored = batch["sample_mask"][:, 1:].bool()  # the hidden state at t predicts token t + 1
-        head = extract_model_from_parallel(model).get_output_embeddings()
-        hook = head.register_forward_pre_hook(lambda _head, args: (args[0][:, :-1][scored], *args[1:]))
-        try:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        finally:
-            hook.remove()
-        token_logp = -F.cross_entropy(logits.float(), batch["input_ids"][:, 1:][scored], reduction="none")
-        rows = scored.nonzero()[:, 0]
-        sums = torch.zeros(scored.shape[0], dtype=token_logp.dtype, device=token_logp.device)
-        return sums.index_add(0, rows, token_logp), scored.sum(-1).to(token_logp.dtype)
+        return sample_logprobs(model, batch)
 
     def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())
 
     def sample_tokens(self, encoded: dict[str, Any]) -> int:
         return sum(encoded["sample_mask"][1:])  # the first token is never predicted
+
+
+def sample_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal LM's (sum of log-probs of the tokens where `sample_mask` is 1, their number) per row of `batch`
+    (`input_ids`, `attention_mask`, `sample_mask`)."""
+    # Only the sample's tokens are scored, so the LM head and the log-softmax over the vocabulary run on their
+    # positions alone, not on the prompt's and the padding's: a pre-hook on the output embeddings hands the
+    # head those rows of the hidden states. The model's forward stays in charge of the rest (e.g. Gemma's
+    # logit soft-capping after the head). transformers' `logits_to_keep` cannot do this: it keeps the same
+    # positions in every row of the batch.
+    scored = batch["sample_mask"][:, 1:].bool()  # the hidden state at t predicts token t + 1
+    head = extract_model_from_parallel(model).get_output_embeddings()
+    hook = head.register_forward_pre_hook(lambda _head, args: (args[0][:, :-1][scored], *args[1:]))
+    try:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        hook.remove()
+    token_logp = -F.cross_entropy(logits.float(), batch["input_ids"][:, 1:][scored], reduction="none")
+    rows = scored.nonzero()[:, 0]
+    sums = torch.zeros(scored.shape[0], dtype=token_logp.dtype, device=token_logp.device)
+    return sums.index_add(0, rows, token_logp), scored.sum(-1).to(token_logp.dtype)
