@@ -10,13 +10,15 @@ import json
 import logging
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
 
 from support.checkpoints import make_checkpoint_dir
 from support.trainer import quick_config
-from tunewright.lease import LEASE, RunLease, RunLeaseHeld, holder_name
+from tunewright.cli.common import run_cli
+from tunewright.lease import LEASE, RunLease, RunLeaseHeld, _LocalCell, holder_name
 from tunewright.runs import CONFIG, RunStore
 from tunewright.storage import Storage
 from tunewright.training.checkpoints import CheckpointStore
@@ -111,17 +113,48 @@ def test_a_run_refused_after_taking_its_lease_leaves_storage_as_it_was(root: Sto
     """Resumed with another configuration: refused once the lease is taken (the stored config.json is read
     under it). The lease is put back: none where there was none, the last trainer's released one byte for
     byte where there was one."""
-    run = RunStore(root, "changed")
-    run.dir.write_text(CONFIG, json.dumps(quick_config("songs").to_dict()))
-    CheckpointStore(run.checkpoints, keep_last=5, background=False).commit(
-        make_checkpoint_dir(tmp_path / "local", 10), 10, 1.0, None)
+    run = _started_run(root, tmp_path)
     if lease == "released":
         last = RunLease(run.dir, "changed")
         last.acquire()
         last.release()
     before = _tree(root.local_path())
-    changed = quick_config("songs", **{"training.learningRate": 1e-3})
-    with pytest.raises(RunError, match=r"^run changed was started with a different configuration \(changed: "
-                                       r"training\); start a new run instead of resuming$"):
-        Run(changed, root, run_id="changed", resume="auto", display=False).execute()
+    with pytest.raises(RunError, match=f"^{re.escape(CHANGED)}$"):
+        Run(quick_config("songs", **{"training.learningRate": 1e-3}), root, run_id="changed", resume="auto",
+            display=False).execute()
     assert _tree(root.local_path()) == before
+
+
+def test_a_sigterm_while_a_refused_run_puts_its_lease_back_does_not_cut_that_short(
+        root: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under torchrun the other ranks, refused alike, may exit first: torchrun then stops rank 0 with SIGTERM
+    while it is putting the lease back."""
+    _started_run(root, tmp_path)
+    before = _tree(root.local_path())
+    delete = _LocalCell.delete
+
+    def signalled(cell: _LocalCell, expected: str) -> bool:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return delete(cell, expected)
+
+    monkeypatch.setattr(_LocalCell, "delete", signalled)
+    def resume_changed() -> int:
+        Run(quick_config("songs", **{"training.learningRate": 1e-3}), root, run_id="changed", resume="auto",
+            display=False).execute()
+        return 0
+
+    assert (run_cli(resume_changed), capsys.readouterr().err) == (1, f"error: {CHANGED}\n")
+    assert _tree(root.local_path()) == before
+
+
+CHANGED = ("run changed was started with a different configuration (changed: training); start a new run instead "
+           "of resuming")
+
+
+def _started_run(root: Storage, tmp_path: Path) -> RunStore:
+    """Run `changed`: started with quick_config("songs"), one checkpoint committed, no lease."""
+    run = RunStore(root, "changed")
+    run.dir.write_text(CONFIG, json.dumps(quick_config("songs").to_dict()))
+    CheckpointStore(run.checkpoints, keep_last=5, background=False).commit(
+        make_checkpoint_dir(tmp_path / "local", 10), 10, 1.0, None)
+    return run

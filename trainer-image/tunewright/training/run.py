@@ -4,13 +4,17 @@ early stopping, metrics) → best weights → adapter + report → registry.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,6 +256,21 @@ def prometheus_for(config: TrainingConfig, run_id: str, port: int | None) -> Any
         return None
 
 
+@contextlib.contextmanager
+def sigterm_ignored() -> Iterator[None]:
+    """SIGTERM does nothing during the block: for the last cleanup of a run that is already failing, which
+    torchrun (stopping the other ranks once one has exited, e.g. with the same refusal) or the kubelet must
+    not cut short; the process exits right after it anyway. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Run:
     """A training run bound to a storage root and a run id."""
 
@@ -308,7 +327,8 @@ class Run:
             if self.lease and self._started:
                 self.lease.release()
             elif self.lease:  # refused after taking the lease: it is put back as it was
-                self.lease.withdraw()
+                with sigterm_ignored():
+                    self.lease.withdraw()
             shutil.rmtree(work, ignore_errors=True)
 
     def _take_lease(self) -> None:
