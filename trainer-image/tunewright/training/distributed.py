@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -56,6 +58,10 @@ def on_rank_0_first(action: Callable[[], None]) -> None:
         try:
             action()
         except Exception as err:
+            # The others repeat it and may exit first; torchrun then stops rank 0 with SIGTERM, which must not
+            # replace the line rank 0 is about to write as it exits.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             with contextlib.suppress(RuntimeError):  # a peer already gone: rank 0's own error still stands
                 dist.broadcast_object_list([str(err) or type(err).__name__], src=0)
             raise
