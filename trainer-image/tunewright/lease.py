@@ -1,9 +1,9 @@
 """One writer per run: a lease, `runs/<run-id>/lease.json`, taken and kept with conditional writes.
 
-On S3 the lease is created with `If-None-Match: *`, renewed, taken over and released with
-`If-Match: <its ETag>`; on local storage it is created with an exclusive hard link and otherwise replaced
-(os.replace) only after comparing its bytes, under an flock of `.lease.lock` beside it. Either
-way, of two trainers that write the lease at once exactly one succeeds.
+On S3 the lease is created with `If-None-Match: *`, renewed, taken over, released and withdrawn (put
+back, or deleted) with `If-Match: <its ETag>`; on local storage it is created with an exclusive hard link
+and otherwise replaced (os.replace) or deleted only after comparing its bytes, under an flock of
+`.lease.json.lock` beside it. Either way, of two trainers that write the lease at once exactly one succeeds.
 
 - `acquire()` takes the lease for this process (holder: the pod/host name, the pid, since when). A lease
   that is held is watched: renewed by its holder → refused with RunLeaseHeld, one line naming the holder;
