@@ -28,9 +28,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from support.checkpoints import make_checkpoint_dir
 from support.trainer import import_rows, quick_config
 from tunewright.config import TrainingConfig
 from tunewright.data import synthetic
+from tunewright.lease import LEASE, RunLease, holder_name
 from tunewright.registry import Registry
 from tunewright.storage import Storage, open_storage
 from tunewright.training import reference
@@ -263,9 +265,9 @@ def test_a_second_trainer_of_a_run_being_written_is_refused_naming_rank_0_of_the
     from tunewright.lease import holder_name
 
     monkeypatch.setenv("TUNEWRIGHT_LEASE_SECONDS", "2")
-    # Still training when the second asks; no periodic checkpoint, which the second's rank 1 could otherwise
-    # start loading while the first's retention deletes it, failing on that before rank 0 reports the lease.
-    config = quick_config("songs", **{**PARALLEL, "training.epochs": 50, "checkpointing.everySteps": 100_000})
+    # Still training, and committing and deleting checkpoints, when the second asks: none of its ranks reads
+    # them before rank 0's lease decision (deterministically: the test after this one).
+    config = quick_config("songs", **{**PARALLEL, "training.epochs": 50})
     first = _start(store, config, tmp_path, "--run-id", "leased", "--resume", "auto")
     progress = store.child("runs", "leased")
     _wait_for(lambda: progress.exists("progress.json")
@@ -279,3 +281,46 @@ def test_a_second_trainer_of_a_run_being_written_is_refused_naming_rank_0_of_the
     first.send_signal(signal.SIGTERM)
     assert _finish(first)[0] == 143
     assert json.loads(progress.read_text("lease.json"))["released"] is True
+
+
+def test_a_second_trainer_is_refused_for_the_lease_before_any_rank_reads_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race of issue 22, made deterministic: the run's only checkpoint is damaged (as one that the
+    holder's retention is deleting looks to a reader) and its lease is held by a live holder (this test
+    process, renewing). Every rank waits for rank 0's lease decision before reading the run, so every
+    process says the lease, the launcher names rank 0, and nothing stored changes but the holder's own
+    renewals."""
+    root = open_storage(f"file://{tmp_path}/store")
+    import_rows(root, "songs", synthetic.rated_rows(), "rated", tmp_path)
+    store = CheckpointStore(root.child("runs", "held", "checkpoints"), keep_last=2, background=False)
+    store.commit(make_checkpoint_dir(tmp_path / "local", 9), 9, 1.0, None)
+    store.storage.delete("checkpoint-9/adapter_model.safetensors")
+    holder = RunLease(root.child("runs", "held"), "held", timeout=2.0)
+    holder.acquire()
+    holder.keep()
+    termination_log = tmp_path / "termination-log"
+    monkeypatch.setenv("TUNEWRIGHT_TERMINATION_LOG", str(termination_log))
+
+    def stored() -> dict[str, bytes | None]:  # the lease itself is renewed meanwhile
+        local = root.local_path()
+        return {p.relative_to(local).as_posix(): p.read_bytes() if p.is_file() else None
+                for p in sorted(local.rglob("*")) if p.name != LEASE}
+
+    try:
+        before = stored()
+        code, out, err = _finish(_start(root, quick_config("songs", **PARALLEL), tmp_path, "--run-id", "held",
+                                        "--resume", "auto"))
+        refusal = (rf"run held is being written by {re.escape(holder_name())} \(pid {os.getpid()}, since "
+                   rf"{re.escape(holder.mine['since'])}\), which renews its lease .*/runs/held/lease\.json; one "
+                   r"trainer per run: .*")
+        assert code == 1 and out == "", err[-3000:]
+        errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        assert len(errors) == 3, err[-3000:]  # each worker's own line, then the launcher's
+        assert all(re.fullmatch(rf"error: (rank 0 of 2: )?{refusal}", ln) for ln in errors), err[-3000:]
+        assert errors[-1].startswith("error: rank 0 of 2: "), errors
+        assert re.fullmatch(rf"rank 0 of 2: {refusal}", termination_log.read_text())
+        assert stored() == before
+        assert json.loads(root.child("runs", "held").read_text(LEASE))["token"] == holder.mine["token"]
+        holder.check()
+    finally:
+        holder.release()

@@ -113,6 +113,17 @@ def test_the_failure_reported_is_the_rank_that_failed_first(tmp_path: Path) -> N
     assert failure == launch.Failure(3, "rank 1 of 2: CUDA out of memory on device 1")
 
 
+def test_a_reason_that_several_ranks_wrote_is_named_as_the_lowest_ranks(tmp_path: Path) -> None:
+    # Rank 0's refusal (the run's lease), which the other ranks repeat (distributed.on_rank_0_first) and
+    # rank 1 happened to write first.
+    _write(tmp_path / "rank-1", "run r is being written by pod-a (pid 7, since T), which renews its lease")
+    _write(tmp_path / "rank-0", "run r is being written by pod-a (pid 7, since T), which renews its lease")
+    refused = launch.Failure(1, "rank 0 of 2: run r is being written by pod-a (pid 7, since T), which renews its lease")
+    assert launch.first_failure(tmp_path, {0: 1, 1: 1}, 2) == refused
+    # Rank 1 exited first and torchrun stopped rank 0 with SIGTERM as it was exiting: still not 143.
+    assert launch.first_failure(tmp_path, {0: -15, 1: 1}, 2) == refused
+
+
 def test_failures_without_a_reason_and_sigterm_stops(tmp_path: Path) -> None:
     assert launch.first_failure(tmp_path, {1: -9, 0: -9}, 2) == launch.Failure(137, "rank 0 of 2: killed by SIGKILL")
     # Rank 1 exited by itself; torchrun then stopped rank 0 with SIGTERM.

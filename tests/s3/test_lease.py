@@ -154,3 +154,45 @@ def test_a_lease_whose_process_exited_on_this_machine_is_taken_over_at_once(
         waiting = RunLease(run_dir, "r1", timeout=TIMEOUT)
         threading.Timer(0.3, lambda: run_dir.write_text(LEASE, json.dumps({**dead, "renewed": time.time()}))).start()
         waiting.acquire()
+
+
+def _stored(run_dir: Storage) -> dict[str, bytes]:
+    """Every object under the run directory; locally also the hidden lock file and the directory itself."""
+    local = run_dir.local_path()
+    if local is None:
+        return {key: run_dir.read_bytes(key) for key in run_dir.list()}
+    return {p.relative_to(local.parent).as_posix(): p.read_bytes() if p.is_file() else b"<dir>"
+            for p in [local, *local.rglob("*")] if p.exists()}
+
+
+def test_a_withdrawn_lease_leaves_the_run_directory_as_it_was(run_dir: Storage) -> None:
+    """What a run refused after taking its lease does (training.run: a different configuration, a bad
+    field found once the model is loaded): no lease, lock file or directory left where there was none, the
+    previous holder's released lease byte for byte where there was one."""
+    assert _stored(run_dir) == {}
+    lease = RunLease(run_dir, "r1", timeout=TIMEOUT)
+    lease.acquire()
+    lease.keep()
+    assert run_dir.exists(LEASE)
+    lease.withdraw()
+    assert _stored(run_dir) == {}
+
+    previous = RunLease(run_dir, "r1", timeout=TIMEOUT)
+    previous.acquire()
+    previous.release()
+    before = _stored(run_dir)
+    lease = RunLease(run_dir, "r1", timeout=TIMEOUT)
+    lease.acquire()
+    assert _token(run_dir) == lease.mine["token"]
+    lease.withdraw()
+    assert _stored(run_dir) == before
+    lease.release()  # after withdraw(): nothing left to release
+    assert _stored(run_dir) == before
+
+
+def test_a_lease_taken_over_meanwhile_is_not_withdrawn(run_dir: Storage) -> None:
+    lease = RunLease(run_dir, "r1", timeout=TIMEOUT)
+    lease.acquire()
+    run_dir.write_text(LEASE, '{"holder": "someone-else", "pid": 7, "renewed": 1e12, "token": "x"}')
+    lease.withdraw()
+    assert run_dir.read_text(LEASE).startswith('{"holder": "someone-else"')

@@ -1,9 +1,9 @@
 """One writer per run: a lease, `runs/<run-id>/lease.json`, taken and kept with conditional writes.
 
-On S3 the lease is created with `If-None-Match: *`, renewed, taken over and released with
-`If-Match: <its ETag>`; on local storage it is created with an exclusive hard link and otherwise replaced
-(os.replace) only after comparing its bytes, under an flock of `.lease.lock` beside it. Either
-way, of two trainers that write the lease at once exactly one succeeds.
+On S3 the lease is created with `If-None-Match: *`, renewed, taken over, released and withdrawn (put
+back, or deleted) with `If-Match: <its ETag>`; on local storage it is created with an exclusive hard link
+and otherwise replaced (os.replace) or deleted only after comparing its bytes, under an flock of
+`.lease.json.lock` beside it. Either way, of two trainers that write the lease at once exactly one succeeds.
 
 - `acquire()` takes the lease for this process (holder: the pod/host name, the pid, since when). A lease
   that is held is watched: renewed by its holder → refused with RunLeaseHeld, one line naming the holder;
@@ -18,6 +18,9 @@ way, of two trainers that write the lease at once exactly one succeeds.
   publication call it before they make anything visible.
 - `release()` marks the lease released (`"released": true`) if it is still ours: the next trainer takes it
   at once, and one fenced off later learns who wrote the run after it.
+- `withdraw()` undoes `acquire()` for an attempt refused before its first write of the run: the lease is
+  put back as it was (removed if there was none, else the previous bytes), and locally the lock file and
+  directories that taking it created are removed, so that a refused run leaves storage as it was.
 
 A write whose response was lost (the store applied it, the client saw a reset and retried) fails its
 condition; the lease is then re-read and the write counts as done when the store holds exactly what we
@@ -43,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewright.outages import Outage
-from tunewright.storage import LocalStorage, S3Storage, Storage, StorageError
+from tunewright.storage import LocalStorage, S3Storage, Storage, StorageError, _make_parents, _remove_empty
 
 LEASE = "lease.json"
 ENV = "TUNEWRIGHT_LEASE_SECONDS"
@@ -117,6 +120,14 @@ class _Cell(ABC):
         """Write `data` if the current tag is `expected` (None: if absent); its new tag, or None if the
         condition failed."""
 
+    @abstractmethod
+    def delete(self, expected: str) -> bool:
+        """Remove the key if its tag is `expected`; False if the condition failed."""
+
+    @abstractmethod
+    def forget(self) -> None:
+        """Remove what taking the key created beside it (after delete() or a write of what was there)."""
+
 
 class _S3Cell(_Cell):
     """S3's conditional writes. Uses the storage's client and error mapping (StorageError.transient for
@@ -143,21 +154,50 @@ class _S3Cell(_Cell):
         except (FileExistsError, FileNotFoundError):  # 412 (or 409: a concurrent conditional write); 404
             return None
 
+    def delete(self, expected: str) -> bool:
+        try:
+            with self.storage._errors("delete", self.key):
+                self.storage.client.delete_object(Bucket=self.storage.bucket, Key=self.storage._key(self.key),
+                                                  IfMatch=expected)
+            return True
+        except (FileExistsError, FileNotFoundError):  # 412: not ours any more; 404: already gone
+            return False
+
+    def forget(self) -> None:
+        """Nothing: S3 has no directories, and its conditions need no lock file."""
+
 
 class _LocalCell(_Cell):
     """A local file: created with an exclusive hard link (LocalStorage.write_bytes), replaced atomically
-    (os.replace), compared and swapped under an flock (released by the kernel if the process dies)."""
+    (os.replace), compared and swapped under an flock (released by the kernel if the process dies) of a lock
+    file beside it. forget() may remove the lock file and its directory: a process that finds the file it
+    locked unlinked, or the directory gone, tries again."""
 
     def __init__(self, storage: LocalStorage, key: str):
         self.storage, self.key = storage, key
         self.path = storage.root / key
+        self.lock = self.path.parent / f".{self.path.name}.lock"
+        self.created: list[Path] = []  # the directories and the lock file this process created, oldest first
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.parent / f".{self.path.name}.lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            yield
+        while True:
+            self.created += _make_parents(self.path.parent)
+            if not self.lock.exists():
+                self.created.append(self.lock)
+            try:
+                fh = open(self.lock, "a")  # noqa: SIM115 (closed by the `with` below; opening it may fail alone)
+            except FileNotFoundError:  # its directory was removed by forget() meanwhile
+                continue
+            with fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    current = os.path.samestat(os.fstat(fh.fileno()), os.stat(self.lock))
+                except FileNotFoundError:
+                    current = False
+                if current:  # not unlinked by forget() while we waited for it
+                    yield
+                    return
 
     def _tag(self) -> str | None:
         try:
@@ -181,6 +221,20 @@ class _LocalCell(_Cell):
             except FileExistsError:
                 return None
         return hashlib.sha256(data).hexdigest()
+
+    def delete(self, expected: str) -> bool:
+        with self._locked():
+            if self._tag() != expected:
+                return False
+            self.path.unlink()
+        return True
+
+    def forget(self) -> None:
+        with self._locked():
+            if self.lock in self.created:
+                self.lock.unlink()  # under its lock: a process waiting for it sees it unlinked and tries again
+        _remove_empty([p for p in self.created if p != self.lock])
+        self.created = []
 
 
 def _cell(storage: Storage, key: str) -> _Cell:
@@ -213,6 +267,7 @@ class RunLease:
                      "token": uuid.uuid4().hex,
                      "since": datetime.now(UTC).isoformat(timespec="seconds"), "timeoutSeconds": self.timeout}
         self._tag: str | None = None
+        self._before: bytes | None = None  # the lease as acquire() found it (None: there was none)
         self._written = float("-inf")  # time.monotonic() of our last successful write of the lease
         self._lock = threading.Lock()  # one conditional write at a time: each needs the tag of the last
         self._lost: BaseException | None = None
@@ -229,9 +284,11 @@ class RunLease:
             current = self._call(self.cell.read, "reading")
             if current is None:
                 if self._write(None):
+                    self._before = None
                     return
                 continue  # another trainer created it first: look at theirs
             data, tag = current
+            self._before = data
             lease = self._parse(data)
             age = self.clock() - float(lease.get("renewed", 0))
             holder_timeout = float(lease.get("timeoutSeconds", self.timeout))
@@ -322,11 +379,29 @@ class RunLease:
     def release(self) -> None:
         """Stop renewing; mark the lease released if it is still ours (kept, not deleted: a trainer fenced
         off later is told who wrote the run after it). Nothing to do if it was never acquired."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._stop_renewing()
         with self._lock:
             if self._tag is not None and self._lost is None:
                 with contextlib.suppress(StorageError):
                     self._write(self._tag, released=True)
             self._tag = None
+
+    def withdraw(self) -> None:
+        """Stop renewing and put the lease back as acquire() found it, if it is still ours: for an attempt
+        that ends before its first write of the run (a refused run leaves storage as it was). Best effort,
+        like release(): an error while the attempt is already failing must not hide why it failed."""
+        self._stop_renewing()
+        with self._lock:
+            tag, self._tag = self._tag, None
+            if tag is None or self._lost is not None:
+                return
+            before = self._before
+            with contextlib.suppress(StorageError, OSError):
+                if self._call(lambda: self.cell.delete(tag) if before is None else self.cell.write(before, tag),
+                              "withdrawing"):
+                    self.cell.forget()
+
+    def _stop_renewing(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

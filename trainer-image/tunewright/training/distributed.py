@@ -10,13 +10,21 @@ What they leave to us:
   the step count no longer says where the data stopped (`check_resume_world` refuses it).
 - SIGTERM reaches the ranks at slightly different steps; `AgreedSigterm` stops them all at the same step
   (a rank that stopped alone would leave the others waiting in a collective).
+- Before any rank reads the run, rank 0 takes its lease and the others wait for the outcome
+  (`on_rank_0_first`): a refusal is then every rank's error, with rank 0's line, rather than a peer failing
+  first on a checkpoint that the lease's holder is deleting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,50 @@ WORLD_FILE = "distributed.json"
 
 class WorldSizeChanged(RuntimeError):
     pass
+
+
+class Rank0Failed(RuntimeError):
+    """What rank 0 failed with, raised on the other ranks: its one line, word for word."""
+
+
+def on_rank_0_first(action: Callable[[], None]) -> None:
+    """Run `action` on global rank 0 while the other ranks wait; if it raises, rank 0 raises that and every
+    other rank Rank0Failed with the same line (so the launcher reports it once, as rank 0's: see
+    launch.first_failure). One process: just `action`."""
+    if launch.world_size() == 1:
+        action()
+        return
+    _join_process_group()
+    if launch.is_main():
+        try:
+            action()
+        except Exception as err:
+            # The others repeat it and may exit first; torchrun then stops rank 0 with SIGTERM, which must not
+            # replace the line rank 0 is about to write as it exits.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            with contextlib.suppress(RuntimeError):  # a peer already gone: rank 0's own error still stands
+                dist.broadcast_object_list([str(err) or type(err).__name__], src=0)
+            raise
+        dist.broadcast_object_list([None], src=0)
+        return
+    failure: list[str | None] = [None]
+    dist.broadcast_object_list(failure, src=0)
+    if failure[0] is not None:
+        raise Rank0Failed(failure[0])
+
+
+def _join_process_group() -> None:
+    """Initialise torch.distributed now, as TrainingArguments would when it first sets up its device (its
+    _setup_devices: accelerate's PartialState with these arguments); HF then finds it initialised and uses
+    it. Earlier than HF because the ranks must agree before any of them reads the run."""
+    from accelerate import PartialState
+    from transformers import TrainingArguments
+
+    if not torch.cuda.is_available():  # training_arguments' use_cpu
+        PartialState(cpu=True)
+    else:
+        PartialState(timeout=timedelta(seconds=TrainingArguments.ddp_timeout))
 
 
 def recorded_world_size(checkpoint: Path) -> int:

@@ -208,22 +208,29 @@ def _reasons(logs: Path) -> list[tuple[int, str]]:
 def first_failure(logs: Path, exit_codes: dict[int, int], world: int) -> Failure:
     """The failure to report, from the workers' exit codes by rank: a rank killed from outside (by a signal
     other than the SIGTERM torchrun stops the survivors with; it wrote no reason: the OOM killer, a person),
-    else the rank whose reason was written first (the cause: its peers then fail on a broken collective),
-    else the lowest rank that exited by itself. When every failed worker exited 143 (SIGTERM: checkpointed
-    and stopped), so does the launcher."""
+    else the rank whose reason was written first (the cause: its peers then fail on a broken collective;
+    of ranks that wrote that same reason, the lowest: rank 0's refusal, which distributed.on_rank_0_first
+    has the others repeat), else the lowest rank that exited by itself. When every failed worker exited 143
+    (SIGTERM: checkpointed and stopped), so does the launcher."""
     reasons = _reasons(logs)
     explained = {r for r, _ in reasons}
     killed = sorted(r for r, c in exit_codes.items() if c < 0 and -c != signal.SIGTERM and r not in explained)
     if killed:
-        first, text = killed[0], _describe(exit_codes[killed[0]])
+        first = exited = killed[0]
+        text = _describe(exit_codes[first])
     elif reasons:
-        first, text = reasons[0]
+        text = reasons[0][1]
+        same = sorted(r for r, said in reasons if said == text)
+        first = same[0]
+        # The exit code of one that exited by itself: torchrun may have stopped rank 0 as it was exiting.
+        exited = next((r for r in same if exit_codes.get(r, 1) >= 0), first)
     elif exit_codes:  # a rank that exited by itself, before one that torchrun then stopped with a signal
-        first = min(exit_codes, key=lambda r: (exit_codes[r] < 0, r))
+        first = exited = min(exit_codes, key=lambda r: (exit_codes[r] < 0, r))
         text = _describe(exit_codes[first])
     else:
-        first, text = 0, "failed without an exit code"
-    code = _exit_code(exit_codes.get(first, next(iter(exit_codes.values()), 1)))
+        first = exited = 0
+        text = "failed without an exit code"
+    code = _exit_code(exit_codes.get(exited, next(iter(exit_codes.values()), 1)))
     if exit_codes and all(_exit_code(c) == 143 for c in exit_codes.values()):
         code = 143
     return Failure(code, f"rank {first} of {world}: {text}")

@@ -4,13 +4,17 @@ early stopping, metrics) → best weights → adapter + report → registry.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +61,13 @@ from tunewright.training.callbacks import (
     TerminalDisplay,
 )
 from tunewright.training.checkpoints import CheckpointError, CheckpointInfo, CheckpointStore
-from tunewright.training.distributed import CheckpointRanks, check_resume_world, describe_batch, sigterm_callback
+from tunewright.training.distributed import (
+    CheckpointRanks,
+    check_resume_world,
+    describe_batch,
+    on_rank_0_first,
+    sigterm_callback,
+)
 from tunewright.training.family import CausalLMFamily, Family
 from tunewright.training.launch import is_main, resolve_run_id
 from tunewright.training.listen import listen
@@ -246,6 +256,21 @@ def prometheus_for(config: TrainingConfig, run_id: str, port: int | None) -> Any
         return None
 
 
+@contextlib.contextmanager
+def sigterm_ignored() -> Iterator[None]:
+    """SIGTERM does nothing during the block: for the last cleanup of a run that is already failing, which
+    torchrun (stopping the other ranks once one has exited, e.g. with the same refusal) or the kubelet must
+    not cut short; the process exits right after it anyway. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Run:
     """A training run bound to a storage root and a run id."""
 
@@ -270,8 +295,9 @@ class Run:
 
     def execute(self) -> Outcome:
         """Everything that can be checked without the model is checked before anything is written: the
-        dataset (digest), the method/kind match, the registry, the configuration of a resumed run and the
-        checkpoint to resume from; a refused run leaves storage as it was."""
+        dataset (digest), the method/kind match, the registry, the run's lease, the configuration of a
+        resumed run and the checkpoint to resume from; a refused run leaves storage as it was (the lease,
+        taken before the run is read, is put back: RunLease.withdraw)."""
         done = self.run.read_result()
         if done is not None:
             check_config_matches(self.run, self.config, complete=True)
@@ -283,22 +309,36 @@ class Run:
             raise DataError(f"method {self.config.method} needs a dataset of kind {' or '.join(objective.kinds)}; "
                             f"dataset {dataset.meta.id!r} is {dataset.meta.kind}")
         Registry(self.root).check()
-        start = self._resume_point()
-        check_config_matches(self.run, self.config)
+        on_rank_0_first(self._take_lease)
         work = Path(tempfile.mkdtemp(prefix=f"tunewright-{self.run.run_id}-"))
         try:
+            start = self._resume_point()
+            check_config_matches(self.run, self.config)
             return self._train(work, dataset, objective, start)
         except TrainingInterrupted:
             raise
         except BaseException as err:
-            late = self._grace_spent  # SIGTERM's grace period is nearly over: no more waiting for uploads
-            self._finish_commits(0.0 if late else FAILED_WAIT_SECONDS)
-            self._mark_failed(err, GRACE_MARGIN / 2 if late else FAILED_WAIT_SECONDS)
+            if self._started:
+                late = self._grace_spent  # SIGTERM's grace period is nearly over: no more waiting for uploads
+                self._finish_commits(0.0 if late else FAILED_WAIT_SECONDS)
+                self._mark_failed(err, GRACE_MARGIN / 2 if late else FAILED_WAIT_SECONDS)
             raise
         finally:
-            if self.lease:
+            if self.lease and self._started:
                 self.lease.release()
+            elif self.lease:  # refused after taking the lease: it is put back as it was
+                with sigterm_ignored():
+                    self.lease.withdraw()
             shutil.rmtree(work, ignore_errors=True)
+
+    def _take_lease(self) -> None:
+        """Before anything of the run is read (its checkpoints, config.json), on rank 0 (the other ranks wait
+        for the outcome: on_rank_0_first). A run being written by another trainer is refused here, before a
+        read could fail on a checkpoint that the other's retention is deleting. A complete run is never
+        written again, so execute() reads its result.json before this."""
+        if self.lease:
+            self.lease.acquire()
+            self.lease.keep()
 
     def _finish_commits(self, timeout: float) -> None:
         """A failing run lets the checkpoint it is uploading commit (for `timeout` seconds), so that a retry
@@ -379,9 +419,6 @@ class Run:
         samples_per_step = config.training.batch_size * config.training.gradient_accumulation_steps * args.world_size
         if resume_dir:
             check_resume_world(resume_dir, args.world_size, samples_per_step // args.world_size)
-        if self.lease:  # before the run's first write: a run refused up to here leaves storage as it was
-            self.lease.acquire()
-            self.lease.keep()
         # The last refusal is behind: from here on this attempt owns the run (a failure marks it failed).
         record_config(self.run, config)
         self._started = True
