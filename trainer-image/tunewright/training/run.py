@@ -38,7 +38,6 @@ from tunewright.registry import (
     TrainingJobRef,
     VersionTaken,
 )
-from tunewright.reporting.page import render
 from tunewright.runs import (
     ADAPTER,
     CONFIG,
@@ -567,6 +566,8 @@ class Run:
         root = RetryingStorage(self.root, self.outage)  # a storage outage now must not cost the trained run
         run_dir = root.child("runs", self.run.run_id)
         registry = Registry(root)
+        from tunewright.reporting.page import render  # matplotlib: imported by the runs that publish, at the end
+
         existing = next((r for r in registry.list() if r.run_id == self.run.run_id), None)
         for _ in range(PUBLISH_ATTEMPTS):
             self._fence()
