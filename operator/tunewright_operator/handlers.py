@@ -26,7 +26,6 @@ from tunewright_operator import datasets, metrics, queue
 from tunewright_operator.kube import DATASETS, TRAININGJOBS, Kube
 from tunewright_operator.models import GROUP, TERMINAL_PHASES, VERSION
 from tunewright_operator.pods import LABEL_JOB, MANAGED_BY, owner_job
-from tunewright_operator.podstate import unfinished
 from tunewright_operator.reconcile import Reconciler
 from tunewright_operator.settings import Settings
 
@@ -121,9 +120,12 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
         job = owner_job(dict(meta))
         if not job or not state.changed(pod, gone=type == "DELETED") or type is None:
             return  # nothing the reconciler acts on changed (or the initial listing: the job's own resync covers it)
+        phase = (body.get("status") or {}).get("phase")
+        if phase == "Succeeded":
+            rec.kick()  # its slot is free (queue.holds_slot): the next job starts before this one's completion
         rec.reconcile(namespace, job)
-        if type == "DELETED" or not unfinished(pod):
-            rec.kick()  # a slot may have come free
+        if type == "DELETED" or phase == "Failed":
+            rec.kick()  # a slot may have come free (also when the job is gone, which reconcile does not see)
 
     @kopf.on.event(GROUP, VERSION, DATASETS)
     @metrics.counted("dataset")

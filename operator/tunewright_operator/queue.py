@@ -1,8 +1,11 @@
 """The queue: which TrainingJobs hold a slot and which wait, from the TrainingJobs and trainer pods.
 
-Busy: admitted (phase Running: its pods run, or its next attempt waits for the previous one's pods to go) or
-owning a trainer pod that has not finished (also one the status does not know of yet, after a restart, one still
-terminating, or one whose TrainingJob is already deleted: a slot is held until the job's pods are gone).
+Busy: admitted (phase Running: its pods run, or its next attempt waits for the previous one's pods to go) unless
+the pod its status names has Succeeded, or owning a trainer pod that has not finished (also one the status does not
+know of yet, after a restart, one still terminating, or one whose TrainingJob is already deleted: a slot is held
+until the job's pods are gone). A pod that has Succeeded holds no GPU, so the slot goes to the next job as soon as
+the pod's phase shows it, not after the finished job's completion (reading its result, creating its Adapter,
+its final status: a dozen requests); the pod's phase is in the API, so a restarted operator counts the same.
 Waiting: not started (or suspended and resumed), not suspended, not finished, not busy. Waiting jobs start in
 order of spec.priority (higher first), then creation time; a job whose last reconcile failed (e.g. its Secret is
 missing) goes behind the others until it recovers, so it never blocks the queue. Pods count for the job that
@@ -22,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tunewright_operator.models import TERMINAL_PHASES
 from tunewright_operator.pods import owner_job
@@ -69,20 +72,43 @@ def waiting(tjs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((tj for tj in tjs if is_waiting(tj)), key=order)
 
 
-def pod_owners(pods: list[dict[str, Any]]) -> set[Key]:
-    """Jobs that own a trainer pod which has not finished (running, pending or terminating)."""
-    return {(p["metadata"].get("namespace", ""), job) for p in pods
-            if unfinished(p) and (job := owner_job(p["metadata"]))}
+class Pods(NamedTuple):
+    """What the queue needs of the trainer pods."""
+
+    owners: set[Key]  # jobs that own a trainer pod which has not finished (running, pending or terminating)
+    succeeded: set[Key]  # (namespace, pod name) of the trainer pods that have Succeeded
 
 
-def busy(tjs: list[dict[str, Any]], owners: set[Key] | None = None) -> set[Key]:
-    """Jobs holding a slot: admitted ones, and owners of unfinished pods even when their TrainingJob is gone."""
-    return {key(tj) for tj in tjs if is_active(tj)} | (owners or set())
+NO_PODS = Pods(set(), set())
 
 
-def admissible(tjs: list[dict[str, Any]], max_active: int, owners: set[Key] | None = None) -> list[Key]:
+def pod_view(pods: Iterable[dict[str, Any]]) -> Pods:
+    view = Pods(set(), set())
+    for pod in pods:
+        meta = pod["metadata"]
+        if unfinished(pod):
+            if job := owner_job(meta):
+                view.owners.add((meta.get("namespace", ""), job))
+        elif (pod.get("status") or {}).get("phase") == "Succeeded":
+            view.succeeded.add((meta.get("namespace", ""), meta["name"]))
+    return view
+
+
+def holds_slot(tj: dict[str, Any], succeeded: set[Key]) -> bool:
+    """Admitted, and the pod its status names (the first of a multi-node attempt; the others count as owners
+    while they run) has not Succeeded."""
+    return is_active(tj) and (key(tj)[0], _status(tj).get("podName")) not in succeeded
+
+
+def busy(tjs: list[dict[str, Any]], pods: Pods = NO_PODS) -> set[Key]:
+    """Jobs holding a slot: admitted ones whose trainer is not done, and owners of unfinished pods even when
+    their TrainingJob is gone."""
+    return {key(tj) for tj in tjs if holds_slot(tj, pods.succeeded)} | pods.owners
+
+
+def admissible(tjs: list[dict[str, Any]], max_active: int, pods: Pods = NO_PODS) -> list[Key]:
     """The waiting jobs that may start now, in order."""
-    taken = busy(tjs, owners)
+    taken = busy(tjs, pods)
     free = max(0, max_active - len(taken))
     return [key(tj) for tj in waiting(tjs) if key(tj) not in taken][:free]
 
@@ -119,11 +145,11 @@ def pod_summary(pod: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class State(Protocol):
-    """The queue's inputs: every TrainingJob (summaries) and the jobs that own unfinished trainer pods."""
+    """The queue's inputs: every TrainingJob (summaries) and what the trainer pods show (`Pods`)."""
 
     def jobs(self) -> list[dict[str, Any]]: ...
 
-    def owners(self) -> set[Key]: ...
+    def pods(self) -> Pods: ...
 
     def created(self, pod: dict[str, Any]) -> None: ...
 
@@ -138,8 +164,8 @@ class Listed:
     def jobs(self) -> list[dict[str, Any]]:
         return self._list_jobs()
 
-    def owners(self) -> set[Key]:
-        return pod_owners(self._list_pods())
+    def pods(self) -> Pods:
+        return pod_view(self._list_pods())
 
     def created(self, pod: dict[str, Any]) -> None:
         pass
@@ -169,20 +195,16 @@ class Indexed:
     def jobs(self) -> list[dict[str, Any]]:
         return [tj for store in list(self._jobs.values()) for tj in list(store)]
 
-    def owners(self) -> set[Key]:
-        found: set[Key] = set()
-        seen: set[str] = set()
-        for job, store in list(self._pods.items()):
-            for pod in list(store):
-                seen.add(pod["metadata"]["uid"])
-                if unfinished(pod):
-                    found.add(job)
+    def pods(self) -> Pods:
+        listed = [pod for store in list(self._pods.values()) for pod in list(store)]
+        view = pod_view(listed)
+        seen = {pod["metadata"]["uid"] for pod in listed}
         with self._lock:
             now = time.monotonic()
             self._created = {uid: (job, at) for uid, (job, at) in self._created.items()
                              if uid not in seen and now - at < self.GRACE}
-            found |= {job for job, _ in self._created.values()}
-        return found
+            view.owners.update(job for job, _ in self._created.values())
+        return view
 
     def created(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]

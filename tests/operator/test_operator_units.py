@@ -187,9 +187,12 @@ def test_queue_orders_by_priority_then_creation_and_counts_free_slots() -> None:
               "status": {"phase": "Running"}},
              {"metadata": {"namespace": "ns", "name": "done-a1", "ownerReferences": owned("done")},
               "status": {"phase": "Succeeded"}}]
-    owners = queue.pod_owners(pods_)
-    assert owners == {("ns", "old")}
-    assert queue.admissible(tjs, 3, owners) == [("ns", "urgent")]
+    seen = queue.pod_view(pods_)
+    assert seen == queue.Pods(owners={("ns", "old")}, succeeded={("ns", "done-a1")})
+    assert queue.admissible(tjs, 3, seen) == [("ns", "urgent")]
+    # A running job whose pod has Succeeded holds no slot while its completion (result, Adapter, status) runs.
+    finished = queue.Pods(set(), {("ns", "running-a1")})
+    assert queue.busy(tjs, finished) == set() and queue.admissible(tjs, 1, finished) == [("ns", "urgent")]
     assert queue.phases(tjs) == {"Pending": 4, "Running": 1, "Succeeded": 1, "Queued": 1}
 
 
