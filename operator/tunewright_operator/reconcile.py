@@ -310,12 +310,11 @@ class Reconciler:
     def _admit(self, tj: dict[str, Any], spec: TrainingJobSpec) -> bool:
         """A waiting job: start it if the queue allows, else record its place. Only the choice is made under the
         admission lock (in memory, from the indexes); the job's slot is then held in `_starting` while its
-        requests run outside it, so several jobs are admitted at once."""
-        job = namespace, name = queue.key(tj)
+        requests run outside it, so several jobs are admitted at once. A job started just before a restart lost
+        the status write owns its running pod, so it is admitted at once, and the creations below get that pod
+        (its config map); had the pod finished meanwhile, the job waits for a slot and then gets it the same way."""
+        job = namespace, _ = queue.key(tj)
         attempt = int(_status(tj).get("attempts") or 0) + 1
-        first = self.kube.get_pod(namespace, multinode.pod_names(name, attempt, spec.resources.nodes)[0])
-        if first is not None and handover.owned_by(first, tj["metadata"]["uid"]):
-            return self._start(tj, spec, attempt)  # started just before a restart lost the status write
         try:
             dataset = validation.dataset_resource(self.kube, namespace, spec)
             config = self._prepare(tj, spec, dataset)
