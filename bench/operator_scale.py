@@ -27,7 +27,12 @@ Figures per run:
   time from the new process's start until its job gauges account for all N jobs;
 - lost (a job not Succeeded at the end) and duplicated (a second pod or Adapter for a job): must be 0.
 
+With `--profile PATH` every operator process runs tests/support/stack_sampler.py (started by a sitecustomize
+module on its PYTHONPATH): the functions with the most CPU, self and total, over all runs go to PATH, every
+sampled stack with its CPU microseconds to PATH.stacks (the sampler costs the operator CPU of its own).
+
     python -m bench.operator_scale [--sizes 100,300,1000] [--modes burst,stream] [--seconds 3] [--rate 8]
+                                   [--profile PATH]
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import boto3  # noqa: E402
 import kubernetes  # noqa: E402
 
+from support import stack_sampler  # noqa: E402
 from support.control_plane import ControlPlane, free_port, missing_binaries  # noqa: E402
 from support.helm import Helm, tool  # noqa: E402
 from support.kubelet import Kubelet  # noqa: E402
@@ -250,6 +256,7 @@ class Result:
     requests_per_job: float
     requests_by_verb_resource: dict[str, float]
     apiserver_requests_per_job: float
+    bench_requests_by_verb_resource: dict[str, float]  # what the bench's kubelet and watches sent (not WATCH)
     storage_requests_per_job: float
     cpu_s: float
     cpu_ms_per_job: float
@@ -366,8 +373,33 @@ class Bench:
                     raise
                 time.sleep(0.3)
         self.proxy = FaultProxy(self.moto_url)  # counts the operator's requests (no faults)
+        self.samples = workdir / "samples"
+        if args.profile:
+            self._sample_operators()
         rows = synthetic.write_jsonl(synthetic.rated_rows(), workdir / "songs.jsonl")
         self.dataset_rows = rows
+
+    def _sample_operators(self) -> None:
+        """Every operator process started from now on runs the stack sampler (module docstring)."""
+        site = self.workdir / "profile-site"
+        site.mkdir()
+        self.samples.mkdir()
+        sampler = ROOT / "tests" / "support" / "stack_sampler.py"
+        (site / "sitecustomize.py").write_text(
+            "import importlib.util, os\n"
+            "if os.environ.get('TUNEWRIGHT_STACK_SAMPLES'):\n"
+            f"    spec = importlib.util.spec_from_file_location('stack_sampler', {str(sampler)!r})\n"
+            "    module = importlib.util.module_from_spec(spec)\n"
+            "    spec.loader.exec_module(module)\n"
+            "    module.start(os.path.join(os.environ['TUNEWRIGHT_STACK_SAMPLES'], f'{os.getpid()}.txt'))\n")
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+        os.environ["TUNEWRIGHT_STACK_SAMPLES"] = str(self.samples)
+
+    def profile(self, raw: Path) -> str:
+        """The summary of the operators' samples; all their stacks go to `raw`."""
+        files = sorted(self.samples.glob("*.txt"))
+        raw.write_text("".join(f.read_text() for f in files))
+        return stack_sampler.summary(files)
 
     def close(self) -> None:
         self.proxy.close()
@@ -463,6 +495,8 @@ class Bench:
             requests_by_verb_resource={"/".join(p for p in k if p): round(v / n, 2)
                                        for k, v in sorted(operator.items(), key=lambda kv: -kv[1])},
             apiserver_requests_per_job=round(total / n, 2), storage_requests_per_job=round(storage / n, 2),
+            bench_requests_by_verb_resource={"/".join(p for p in k if p): round(v / n, 2) for k, v in
+                                             sorted(spent_bench.items(), key=lambda kv: -kv[1]) if k[0] != "WATCH"},
             cpu_s=round(cpu, 1), cpu_ms_per_job=round(1000 * cpu / n, 1),
             cpu_ms_per_job_by_process={name: round(1000 * s / n, 1) for name, s in spent_cpu.items()},
             jobs_per_s=round(n / wall, 2), rss_mb=round(rss, 1),
@@ -537,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll", type=float, default=5.0, help="the operator's --poll-seconds")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a run may take before the rest count lost")
     p.add_argument("--out", default=str(ROOT / "bench" / "operator-results.json"))
+    p.add_argument("--profile", help="sample the operator's stacks; where to write the summary")
     args = p.parse_args(argv)
     missing = missing_binaries()
     if missing:
@@ -552,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(table(results[-1:]).splitlines()[-1], flush=True)
                     print("  CPU ms/job: " + ", ".join(f"{k} {v:.0f}" for k, v in
                                                        results[-1].cpu_ms_per_job_by_process.items()), flush=True)
+            if args.profile:
+                Path(args.profile).write_text(bench.profile(Path(args.profile + ".stacks")) + "\n")
+                print(f"operator profile: {args.profile} (the stacks: {args.profile}.stacks)")
         finally:
             bench.close()
     grown = slopes(results)
