@@ -188,7 +188,7 @@ class Reconciler:
         inputs); updates gauges."""
         tjs, found = self.state.jobs(), self.state.pods()
         found.owners.update(self._starting)
-        metrics.observe_phases(queue.phases(tjs), len(queue.waiting(tjs)))
+        metrics.observe_phases(self.state.phases(), sum(map(queue.is_waiting, tjs)))
         return tjs, found
 
     # --- the state machine ---

@@ -196,6 +196,38 @@ def test_queue_orders_by_priority_then_creation_and_counts_free_slots() -> None:
     assert queue.phases(tjs) == {"Pending": 4, "Running": 1, "Succeeded": 1, "Queued": 1}
 
 
+class LookupOnly(dict):  # type: ignore[type-arg]
+    """An index that may be looked up by key, never iterated (what a queue decision may do with finished jobs and
+    pods: there are ever more of them)."""
+
+    def __iter__(self) -> Any:
+        raise AssertionError("a finished-objects index was iterated")
+
+    keys = values = items = __iter__
+
+
+def test_a_queue_decision_looks_finished_pods_up_and_counts_finished_jobs_without_listing_them() -> None:
+    state = queue.Indexed()
+    running = job("running", "2026-01-01T00:00:00Z", "Running", pod_name="running-a1")
+    waiting = job("waiting", "2026-01-01T00:00:01Z", "Queued")
+    finished = LookupOnly({("ns", f"done-{i}-a1"): [("Succeeded", f"uid-{i}")] for i in range(1000)})
+    unfinished: dict[Any, Any] = {("ns", "running"): ["uid-r"]}
+    state.attach({"trainingjob_index": {queue.key(t): [queue.summary(t)] for t in (running, waiting)},
+                  "trainingjob_phase_index": {"Running": [None], "Queued": [None], "Succeeded": [None] * 1000},
+                  "unfinished_pod_index": unfinished, "finished_pod_index": finished})
+    assert queue.admissible(state.jobs(), 1, state.pods()) == []  # running's pod runs
+    del unfinished["ns", "running"]
+    finished["ns", "running-a1"] = [("Succeeded", "uid-r")]
+    assert queue.admissible(state.jobs(), 1, state.pods()) == [("ns", "waiting")]  # it Succeeded: the slot is free
+    assert state.phases() == {"Running": 1, "Queued": 1, "Succeeded": 1000}
+    # A pod this process just created is busy until the pod indexes show it, then as they show it.
+    state.created({"metadata": {"namespace": "ns", "name": "waiting-a1", "uid": "uid-w", "ownerReferences": [
+        {"kind": "TrainingJob", "name": "waiting", "controller": True}]}, "status": {"phase": "Pending"}})
+    assert state.pods().owners == {("ns", "waiting")}
+    finished["ns", "waiting-a1"] = [("Succeeded", "uid-w")]
+    assert state.pods().owners == set()
+
+
 def test_conditions_move_transition_time_only_on_flips(monkeypatch: pytest.MonkeyPatch) -> None:
     from tunewright_operator import status
 
