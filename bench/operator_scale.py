@@ -18,11 +18,21 @@ Figures per run:
   controller-manager's few background calls);
 - storage requests per job: the operator's S3 requests (its Secret points it at a counting proxy in front of moto);
 - operator CPU seconds (/proc/<pid>/stat) and peak RSS (VmHWM), both operator processes of the run together;
+- where the 2 cores went: CPU ms per job of each process over the run (the operator as above; kube-apiserver, etcd,
+  kube-controller-manager, the moto server and the bench process itself from the first job's create to the end),
+  the bench's split into its stand-in trainers (their threads' own CPU time), its kubelet's loop thread and the
+  rest (watches, the S3 counting proxy, the main loop), and what the whole machine spent (/proc/stat: other
+  users' work shows as the difference); and the throughput the run sustained (jobs per second of wall time);
 - resync: in burst mode the operator is killed (SIGKILL) when half the jobs have finished and started again; the
   time from the new process's start until its job gauges account for all N jobs;
 - lost (a job not Succeeded at the end) and duplicated (a second pod or Adapter for a job): must be 0.
 
+With `--profile PATH` every operator process runs tests/support/stack_sampler.py (started by a sitecustomize
+module on its PYTHONPATH): the functions with the most CPU, self and total, over all runs go to PATH, every
+sampled stack with its CPU microseconds to PATH.stacks (the sampler costs the operator CPU of its own).
+
     python -m bench.operator_scale [--sizes 100,300,1000] [--modes burst,stream] [--seconds 3] [--rate 8]
+                                   [--profile PATH]
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import boto3  # noqa: E402
 import kubernetes  # noqa: E402
 
+from support import stack_sampler  # noqa: E402
 from support.control_plane import ControlPlane, free_port, missing_binaries  # noqa: E402
 from support.helm import Helm, tool  # noqa: E402
 from support.kubelet import Kubelet  # noqa: E402
@@ -85,6 +96,9 @@ class ThreadTrainer:
     """A kubelet "process" (what kubelet.Kubelet needs of subprocess.Popen) that is a thread: it waits `seconds`,
     then writes the run as tunewright-train would; SIGTERM ends it at once with 143 (nothing to checkpoint)."""
 
+    cpu_s = 0.0  # all stand-ins' own CPU time (time.thread_time), for the bench's per-process figures
+    _cpu_lock = threading.Lock()
+
     def __init__(self, argv: list[str], env: dict[str, str], seconds: float, s3: Any):
         args = dict(zip(argv[1::2], argv[2::2], strict=False))
         self.env, self.seconds, self.s3 = env, seconds, s3
@@ -96,6 +110,14 @@ class ThreadTrainer:
         self._thread.start()
 
     def _run(self) -> None:
+        began = time.thread_time()
+        try:
+            self._train()
+        finally:
+            with ThreadTrainer._cpu_lock:
+                ThreadTrainer.cpu_s += time.thread_time() - began
+
+    def _train(self) -> None:
         try:
             config = load_config(self.config)
             root = S3Storage(self.storage, self.s3)
@@ -234,9 +256,12 @@ class Result:
     requests_per_job: float
     requests_by_verb_resource: dict[str, float]
     apiserver_requests_per_job: float
+    bench_requests_by_verb_resource: dict[str, float]  # what the bench's kubelet and watches sent (not WATCH)
     storage_requests_per_job: float
     cpu_s: float
     cpu_ms_per_job: float
+    cpu_ms_per_job_by_process: dict[str, float]  # operator, kube-apiserver, etcd, ..., bench (see the docstring)
+    jobs_per_s: float
     rss_mb: float
     resync_s: float | None
     lost: int
@@ -280,6 +305,42 @@ def proc_cpu_rss(pid: int) -> tuple[float, float]:
     return cpu, int(hwm.split()[1]) / 1024
 
 
+def cpu_seconds(stat: str = "/proc/self/stat") -> float:
+    """CPU seconds (user + system) so far of a process (/proc/<pid>/stat) or thread (/proc/self/task/<tid>/stat)."""
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds all processes on the machine spent (busy time of every core, /proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU seconds per process of the system under test, from a starting point (see the module docstring)."""
+
+    def __init__(self, pids: dict[str, int], kubelet_tid: int | None):
+        self.pids, self.kubelet_tid = pids, kubelet_tid
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        now = {name: cpu_seconds(f"/proc/{pid}/stat") for name, pid in self.pids.items()}
+        now["bench"] = cpu_seconds()
+        now["bench: stand-in trainers"] = ThreadTrainer.cpu_s
+        now["bench: kubelet loop"] = cpu_seconds(f"/proc/self/task/{self.kubelet_tid}/stat") \
+            if self.kubelet_tid else 0.0
+        now["machine"] = machine_cpu_seconds()
+        return now
+
+    def spent(self) -> dict[str, float]:
+        end = self._read()
+        used = {name: end[name] - self.start[name] for name in end}
+        used["bench: rest"] = used["bench"] - used["bench: stand-in trainers"] - used["bench: kubelet loop"]
+        return used
+
+
 def jobs_gauge(op: Any) -> int:
     try:
         text = op.metrics()
@@ -312,8 +373,33 @@ class Bench:
                     raise
                 time.sleep(0.3)
         self.proxy = FaultProxy(self.moto_url)  # counts the operator's requests (no faults)
+        self.samples = workdir / "samples"
+        if args.profile:
+            self._sample_operators()
         rows = synthetic.write_jsonl(synthetic.rated_rows(), workdir / "songs.jsonl")
         self.dataset_rows = rows
+
+    def _sample_operators(self) -> None:
+        """Every operator process started from now on runs the stack sampler (module docstring)."""
+        site = self.workdir / "profile-site"
+        site.mkdir()
+        self.samples.mkdir()
+        sampler = ROOT / "tests" / "support" / "stack_sampler.py"
+        (site / "sitecustomize.py").write_text(
+            "import importlib.util, os\n"
+            "if os.environ.get('TUNEWRIGHT_STACK_SAMPLES'):\n"
+            f"    spec = importlib.util.spec_from_file_location('stack_sampler', {str(sampler)!r})\n"
+            "    module = importlib.util.module_from_spec(spec)\n"
+            "    spec.loader.exec_module(module)\n"
+            "    module.start(os.path.join(os.environ['TUNEWRIGHT_STACK_SAMPLES'], f'{os.getpid()}.txt'))\n")
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+        os.environ["TUNEWRIGHT_STACK_SAMPLES"] = str(self.samples)
+
+    def profile(self, raw: Path) -> str:
+        """The summary of the operators' samples; all their stacks go to `raw`."""
+        files = sorted(self.samples.glob("*.txt"))
+        raw.write_text("".join(f.read_text() for f in files))
+        return stack_sampler.summary(files)
 
     def close(self) -> None:
         self.proxy.close()
@@ -343,6 +429,8 @@ class Bench:
                                         str(self.args.poll)).start()
         time.sleep(1)
         before, sent_before, storage_before = self.plane.request_counts(), Counter(sent), len(self.proxy.log)
+        meter = CpuMeter({"moto": self.moto.pid, **{name: p.pid for name, p in self.plane.procs.items()}},
+                         kubelet._thread.native_id)
         cpu = rss = 0.0
         resync: float | None = None
         start = time.monotonic()
@@ -376,6 +464,9 @@ class Bench:
         time.sleep(1)  # the last status writes' echoes
         used, peak = proc_cpu_rss(op.proc.pid)
         cpu, rss = cpu + used, max(rss, peak)
+        spent_cpu = {"operator": cpu, **meter.spent()}
+        spent_cpu["other processes"] = spent_cpu["machine"] - sum(v for k, v in spent_cpu.items()
+                                                                  if k in PROCESSES)
         after, spent_bench = self.plane.request_counts(), sent - sent_before
         storage = len(self.proxy.log) - storage_before
         op.stop()
@@ -404,8 +495,26 @@ class Bench:
             requests_by_verb_resource={"/".join(p for p in k if p): round(v / n, 2)
                                        for k, v in sorted(operator.items(), key=lambda kv: -kv[1])},
             apiserver_requests_per_job=round(total / n, 2), storage_requests_per_job=round(storage / n, 2),
-            cpu_s=round(cpu, 1), cpu_ms_per_job=round(1000 * cpu / n, 1), rss_mb=round(rss, 1),
+            bench_requests_by_verb_resource={"/".join(p for p in k if p): round(v / n, 2) for k, v in
+                                             sorted(spent_bench.items(), key=lambda kv: -kv[1]) if k[0] != "WATCH"},
+            cpu_s=round(cpu, 1), cpu_ms_per_job=round(1000 * cpu / n, 1),
+            cpu_ms_per_job_by_process={name: round(1000 * s / n, 1) for name, s in spent_cpu.items()},
+            jobs_per_s=round(n / wall, 2), rss_mb=round(rss, 1),
             resync_s=resync, lost=lost, duplicated=duplicated)
+
+
+PROCESSES = ("operator", "kube-apiserver", "etcd", "kube-controller-manager", "moto", "bench")
+CPU_COLUMNS = (*PROCESSES, "bench: stand-in trainers", "bench: kubelet loop", "bench: rest", "other processes",
+               "machine")
+
+
+def cpu_table(results: list[Result]) -> str:
+    """Where the cores went: CPU ms per job of each process, and the throughput."""
+    head = ("mode", "jobs", "jobs/s", *CPU_COLUMNS)
+    rows = [head] + [(r.mode, str(r.jobs), f"{r.jobs_per_s:.2f}",
+                      *(f"{r.cpu_ms_per_job_by_process.get(c, 0):.0f}" for c in CPU_COLUMNS)) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
 
 
 FIGURES = ("apply_to_pod_p95_s", "next_pod_p95_s", "requests_per_job", "storage_requests_per_job",
@@ -462,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll", type=float, default=5.0, help="the operator's --poll-seconds")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a run may take before the rest count lost")
     p.add_argument("--out", default=str(ROOT / "bench" / "operator-results.json"))
+    p.add_argument("--profile", help="sample the operator's stacks; where to write the summary")
     args = p.parse_args(argv)
     missing = missing_binaries()
     if missing:
@@ -475,6 +585,11 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in args.modes.split(","):
                     results.append(bench.run(mode, n))
                     print(table(results[-1:]).splitlines()[-1], flush=True)
+                    print("  CPU ms/job: " + ", ".join(f"{k} {v:.0f}" for k, v in
+                                                       results[-1].cpu_ms_per_job_by_process.items()), flush=True)
+            if args.profile:
+                Path(args.profile).write_text(bench.profile(Path(args.profile + ".stacks")) + "\n")
+                print(f"operator profile: {args.profile} (the stacks: {args.profile}.stacks)")
         finally:
             bench.close()
     grown = slopes(results)
@@ -484,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
               "slopes": grown, "key": key_line(results)}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(table(results))
+    print("CPU ms per job by process (the operator over its whole life, the others from the first create):")
+    print(cpu_table(results))
     print("growth with N (exponent k in figure ~ N^k, smallest to largest N):")
     for mode, figures in grown.items():
         print(f"  {mode}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))

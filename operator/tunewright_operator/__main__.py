@@ -7,7 +7,7 @@ import sys
 
 import kopf
 
-from tunewright_operator import handlers, kube, leader
+from tunewright_operator import handlers, kube, leader, reconcile
 from tunewright_operator.settings import Settings
 
 
@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per liveness probe otherwise
-    kube.load_config()
+    # Kopf's handler threads, the admission pool, the poll loop and the leader's renewals may call at once.
+    kube.load_config(handlers.HANDLER_THREADS + reconcile.ADMIT_THREADS + 2)
     leader.hold(settings.lease_namespace or (settings.namespaces or ("default",))[0], settings.health_port,
                 settings.lease_seconds)
     handlers.register(settings, kube.Kube())

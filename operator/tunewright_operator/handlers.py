@@ -6,9 +6,9 @@ while the operator is down goes away at once. That is why progress is polled by 
 running jobs rather than a Kopf timer per job (a timer needs a finalizer on every unfinished job, and 1,000
 timers cost 1,000 wake-ups per interval).
 
-Work per event does not grow with the number of jobs: the queue reads two Kopf indexes (queue.Indexed), the
-operator's own status writes and pod changes that do not matter are not reconciled again, and storage is read
-for running jobs only.
+Work per event does not grow with the number of jobs: the queue reads Kopf indexes (queue.Indexed) in which
+finished jobs and pods are only looked up or counted, the operator's own status writes and pod changes that do not
+matter are not reconciled again, and storage is read for running jobs only.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
         context (kopf.event() needs Kopf's context variables, set only for handlers of watched objects)."""
         with started:
             if not state.ready.is_set():
-                state.attach(indexes["trainingjob_index"], indexes["trainer_pod_index"])
+                state.attach(indexes)
                 context = contextvars.copy_context()
                 threading.Thread(target=context.run, args=(poll_loop,), name="poll", daemon=True).start()
 
@@ -65,14 +65,25 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
             except Exception as err:  # the next pass retries
                 log.warning("poll failed: %s", err)
 
+    # The queue's inputs (queue.Indexed). An object whose function returns {} leaves that index: finished jobs and
+    # pods are kept only where they are looked up by key, so a queue decision never iterates over them.
     @kopf.index(*tj, id="trainingjob_index")
     def trainingjob_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[queue.Key, Any]:
-        return {(namespace, name): queue.summary(body)}
+        return {} if queue.is_finished(body) else {(namespace, name): queue.summary(body)}
 
-    @kopf.index("v1", "pods", labels=TRAINER_PODS, id="trainer_pod_index")
-    def trainer_pod_index(namespace: str, meta: kopf.Meta, body: kopf.Body, **_: Any) -> dict[queue.Key, Any]:
+    @kopf.index(*tj, id="trainingjob_phase_index")
+    def trainingjob_phase_index(body: kopf.Body, **_: Any) -> dict[str, None]:
+        return {queue.phase(body): None}
+
+    @kopf.index("v1", "pods", labels=TRAINER_PODS, id="unfinished_pod_index")
+    def unfinished_pod_index(namespace: str, meta: kopf.Meta, body: kopf.Body, **_: Any) -> dict[queue.Key, str]:
         job = owner_job(dict(meta))
-        return {(namespace, job): queue.pod_summary(body)} if job else {}
+        return {(namespace, job): meta["uid"]} if job and unfinished(dict(body)) else {}
+
+    @kopf.index("v1", "pods", labels=TRAINER_PODS, id="finished_pod_index")
+    def finished_pod_index(namespace: str, name: str, meta: kopf.Meta, body: kopf.Body, **_: Any
+                           ) -> dict[queue.Key, tuple[str, str]]:
+        return {} if unfinished(dict(body)) else {(namespace, name): (body["status"]["phase"], meta["uid"])}
 
     @kopf.on.startup()
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -121,9 +132,12 @@ def register(settings: Settings, kube: Kube) -> Reconciler:
         job = owner_job(dict(meta))
         if not job or not state.changed(pod, gone=type == "DELETED") or type is None:
             return  # nothing the reconciler acts on changed (or the initial listing: the job's own resync covers it)
+        phase = (body.get("status") or {}).get("phase")
+        if phase == "Succeeded":
+            rec.kick()  # its slot is free (queue.holds_slot): the next job starts before this one's completion
         rec.reconcile(namespace, job)
-        if type == "DELETED" or not unfinished(pod):
-            rec.kick()  # a slot may have come free
+        if type == "DELETED" or phase == "Failed":
+            rec.kick()  # a slot may have come free (also when the job is gone, which reconcile does not see)
 
     @kopf.on.event(GROUP, VERSION, DATASETS)
     @metrics.counted("dataset")

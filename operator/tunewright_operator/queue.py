@@ -1,28 +1,33 @@
 """The queue: which TrainingJobs hold a slot and which wait, from the TrainingJobs and trainer pods.
 
-Busy: admitted (phase Running: its pods run, or its next attempt waits for the previous one's pods to go) or
-owning a trainer pod that has not finished (also one the status does not know of yet, after a restart, one still
-terminating, or one whose TrainingJob is already deleted: a slot is held until the job's pods are gone).
+Busy: admitted (phase Running: its pods run, or its next attempt waits for the previous one's pods to go) unless
+the pod its status names has Succeeded, or owning a trainer pod that has not finished (also one the status does not
+know of yet, after a restart, one still terminating, or one whose TrainingJob is already deleted: a slot is held
+until the job's pods are gone). A pod that has Succeeded holds no GPU, so the slot goes to the next job as soon as
+the pod's phase shows it, not after the finished job's completion (reading its result, creating its Adapter,
+its final status: a dozen requests); the pod's phase is in the API, so a restarted operator counts the same.
 Waiting: not started (or suspended and resumed), not suspended, not finished, not busy. Waiting jobs start in
 order of spec.priority (higher first), then creation time; a job whose last reconcile failed (e.g. its Secret is
 missing) goes behind the others until it recovers, so it never blocks the queue. Pods count for the job that
 controls them (ownerReference), whatever its name's label value.
 
 The inputs come from watch-driven caches (Kopf indexes, `Indexed`), so a queue decision costs no API request
-whatever the number of jobs. Nothing lives only in memory: a restarted operator rebuilds the indexes from the
-watch's initial listing before any handler runs (Kopf waits for every index), and the API stays the truth: the
-reconciler reads the job itself before acting on it. The one thing the watch cannot know yet is a pod this
-process has just created: `Indexed.created` counts it as busy until the pod index shows it (else two quick
-admissions could both see the same free slot).
+whatever the number of jobs, and finished jobs and pods are only looked up, never iterated: a decision's work
+grows with the unfinished jobs, not with every job ever run. Nothing lives only in memory: a restarted operator
+rebuilds the indexes from the watch's initial listing before any handler runs (Kopf waits for every index), and
+the API stays the truth: the reconciler reads the job itself before acting on it. The one thing the watch cannot
+know yet is a pod this process has just created: `Indexed.created` counts it as busy until the pod indexes show
+it (else two quick admissions could both see the same free slot).
 """
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Container, Iterable, Mapping
+from typing import Any, NamedTuple, Protocol
 
 from tunewright_operator.models import TERMINAL_PHASES
 from tunewright_operator.pods import owner_job
@@ -38,6 +43,14 @@ def key(tj: dict[str, Any]) -> Key:
 
 def _status(tj: dict[str, Any]) -> dict[str, Any]:
     return tj.get("status") or {}
+
+
+def phase(tj: Mapping[str, Any]) -> str:
+    return (tj.get("status") or {}).get("phase") or "Pending"
+
+
+def is_finished(tj: Mapping[str, Any]) -> bool:
+    return phase(tj) in TERMINAL_PHASES
 
 
 def is_active(tj: dict[str, Any]) -> bool:
@@ -69,32 +82,61 @@ def waiting(tjs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((tj for tj in tjs if is_waiting(tj)), key=order)
 
 
-def pod_owners(pods: list[dict[str, Any]]) -> set[Key]:
-    """Jobs that own a trainer pod which has not finished (running, pending or terminating)."""
-    return {(p["metadata"].get("namespace", ""), job) for p in pods
-            if unfinished(p) and (job := owner_job(p["metadata"]))}
+class Pods(NamedTuple):
+    """What the queue needs of the trainer pods."""
+
+    owners: set[Key]  # jobs that own a trainer pod which has not finished (running, pending or terminating)
+    succeeded: Container[Key]  # (namespace, pod name) of the trainer pods that have Succeeded
 
 
-def busy(tjs: list[dict[str, Any]], owners: set[Key] | None = None) -> set[Key]:
-    """Jobs holding a slot: admitted ones, and owners of unfinished pods even when their TrainingJob is gone."""
-    return {key(tj) for tj in tjs if is_active(tj)} | (owners or set())
+NO_PODS = Pods(set(), set())
 
 
-def admissible(tjs: list[dict[str, Any]], max_active: int, owners: set[Key] | None = None) -> list[Key]:
+def pod_view(pods: Iterable[dict[str, Any]]) -> Pods:
+    view = Pods(set(), set())
+    for pod in pods:
+        meta = pod["metadata"]
+        if unfinished(pod):
+            if job := owner_job(meta):
+                view.owners.add((meta.get("namespace", ""), job))
+        elif (pod.get("status") or {}).get("phase") == "Succeeded":
+            view.succeeded.add((meta.get("namespace", ""), meta["name"]))
+    return view
+
+
+def holds_slot(tj: dict[str, Any], succeeded: set[Key]) -> bool:
+    """Admitted, and the pod its status names (the first of a multi-node attempt; the others count as owners
+    while they run) has not Succeeded."""
+    return is_active(tj) and (key(tj)[0], _status(tj).get("podName")) not in succeeded
+
+
+def busy(tjs: list[dict[str, Any]], pods: Pods = NO_PODS) -> set[Key]:
+    """Jobs holding a slot: admitted ones whose trainer is not done, and owners of unfinished pods even when
+    their TrainingJob is gone."""
+    return {key(tj) for tj in tjs if holds_slot(tj, pods.succeeded)} | pods.owners
+
+
+def admissible(tjs: list[dict[str, Any]], max_active: int, pods: Pods = NO_PODS) -> list[Key]:
     """The waiting jobs that may start now, in order."""
-    taken = busy(tjs, owners)
+    taken = busy(tjs, pods)
     free = max(0, max_active - len(taken))
-    return [key(tj) for tj in waiting(tjs) if key(tj) not in taken][:free]
+    if not free:  # most decisions in a backlog: no sorting
+        return []
+    return [key(tj) for tj in heapq.nsmallest(free, (tj for tj in tjs if is_waiting(tj) and key(tj) not in taken),
+                                              key=order)]
 
 
 def position(tjs: list[dict[str, Any]], job: Key) -> int | None:
-    """1-based place of a waiting job in the queue."""
-    keys = [key(tj) for tj in waiting(tjs)]
-    return keys.index(job) + 1 if job in keys else None
+    """1-based place of a waiting job in the queue (counted, not sorted)."""
+    mine = next((tj for tj in tjs if key(tj) == job and is_waiting(tj)), None)
+    if mine is None:
+        return None
+    rank = order(mine)
+    return 1 + sum(1 for tj in tjs if is_waiting(tj) and order(tj) < rank)
 
 
 def phases(tjs: list[dict[str, Any]]) -> Counter[str]:
-    return Counter(_status(tj).get("phase") or "Pending" for tj in tjs)
+    return Counter(phase(tj) for tj in tjs)
 
 
 # --- the caches ---
@@ -108,22 +150,15 @@ def summary(tj: Mapping[str, Any]) -> dict[str, Any]:
                        "conditions": [c for c in status.get("conditions") or [] if c.get("type") == SYNCED]}}
 
 
-def pod_summary(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """What the queue needs of a trainer pod (what the pod index holds)."""
-    meta = pod["metadata"]
-    return {"metadata": {"name": meta["name"], "namespace": meta.get("namespace", ""), "uid": meta.get("uid"),
-                         "labels": dict(meta.get("labels") or {}),
-                         "ownerReferences": [dict(r) for r in meta.get("ownerReferences") or []],
-                         "deletionTimestamp": meta.get("deletionTimestamp")},
-            "status": {"phase": (pod.get("status") or {}).get("phase")}}
-
-
 class State(Protocol):
-    """The queue's inputs: every TrainingJob (summaries) and the jobs that own unfinished trainer pods."""
+    """The queue's inputs: the unfinished TrainingJobs (summaries; finished ones may be among them), the number of
+    TrainingJobs in each phase, and what the trainer pods show (`Pods`)."""
 
     def jobs(self) -> list[dict[str, Any]]: ...
 
-    def owners(self) -> set[Key]: ...
+    def phases(self) -> Counter[str]: ...
+
+    def pods(self) -> Pods: ...
 
     def created(self, pod: dict[str, Any]) -> None: ...
 
@@ -138,57 +173,79 @@ class Listed:
     def jobs(self) -> list[dict[str, Any]]:
         return self._list_jobs()
 
-    def owners(self) -> set[Key]:
-        return pod_owners(self._list_pods())
+    def phases(self) -> Counter[str]:
+        return phases(self._list_jobs())
+
+    def pods(self) -> Pods:
+        return pod_view(self._list_pods())
 
     def created(self, pod: dict[str, Any]) -> None:
         pass
 
 
-class Indexed:
-    """The inputs from two Kopf indexes: TrainingJob summaries by (namespace, name), trainer pod summaries by
-    (namespace, controlling job). `ready` is set once Kopf has populated them (the first handler call after a
-    start)."""
+class _Succeeded:
+    """`(namespace, pod name) in it`: that trainer pod has Succeeded (a lookup in the finished pods' index)."""
 
-    GRACE = 120.0  # seconds a created pod counts as busy without the pod index showing it
+    def __init__(self, finished: Mapping[Key, Iterable[tuple[str, str]]]):
+        self._finished = finished
+
+    def __contains__(self, pod: object) -> bool:
+        return any(phase == "Succeeded" for phase, _ in list(self._finished.get(pod, ())))  # type: ignore[call-overload]
+
+
+class Indexed:
+    """The inputs from four Kopf indexes (handlers.py): unfinished TrainingJobs' summaries by (namespace, name) (a
+    finished job leaves it), every TrainingJob by phase (for the gauges: counted, not iterated), the uids of
+    unfinished trainer pods by (namespace, controlling job), and the (phase, uid) of finished trainer pods by
+    (namespace, pod name). `ready` is set once Kopf has populated them (the first handler call after a start)."""
+
+    GRACE = 120.0  # seconds a created pod counts as busy without the pod indexes showing it
 
     def __init__(self) -> None:
         self._jobs: Mapping[Key, Iterable[dict[str, Any]]] = {}
-        self._pods: Mapping[Key, Iterable[dict[str, Any]]] = {}
-        self._created: dict[str, tuple[Key, float]] = {}  # pod uid -> (job, when)
+        self._phases: Mapping[str, Iterable[None]] = {}
+        self._unfinished: Mapping[Key, Iterable[str]] = {}
+        self._finished: Mapping[Key, Iterable[tuple[str, str]]] = {}
+        self._created: dict[str, tuple[Key, Key, float]] = {}  # pod uid -> (job, (namespace, pod name), when)
         self._seen: dict[str, tuple[str | None, bool]] = {}  # pod uid -> (phase, terminating) last handled
         self._lock = threading.Lock()
         self.ready = threading.Event()
 
-    def attach(self, jobs: Mapping[Key, Iterable[dict[str, Any]]], pods: Mapping[Key, Iterable[dict[str, Any]]]
-               ) -> None:
+    def attach(self, indexes: Mapping[str, Any]) -> None:
         """Called by every handler with Kopf's indexes (the same objects each time); marks the caches ready."""
-        self._jobs, self._pods = jobs, pods
+        self._jobs, self._phases = indexes["trainingjob_index"], indexes["trainingjob_phase_index"]
+        self._unfinished, self._finished = indexes["unfinished_pod_index"], indexes["finished_pod_index"]
         self.ready.set()
 
+    # Kopf updates the indexes in its event loop's thread while handler threads read them: each read below copies
+    # a dict's keys or values in one C call (list() of a dict iterator), which the loop cannot interleave with.
     def jobs(self) -> list[dict[str, Any]]:
-        return [tj for store in list(self._jobs.values()) for tj in list(store)]
+        """The unfinished TrainingJobs."""
+        return [tj for k in list(self._jobs) for tj in list(self._jobs.get(k, ()))]
 
-    def owners(self) -> set[Key]:
-        found: set[Key] = set()
-        seen: set[str] = set()
-        for job, store in list(self._pods.items()):
-            for pod in list(store):
-                seen.add(pod["metadata"]["uid"])
-                if unfinished(pod):
-                    found.add(job)
+    def phases(self) -> Counter[str]:
+        return Counter({name: len(list(self._phases.get(name, ()))) for name in list(self._phases)})
+
+    def pods(self) -> Pods:
+        owners = set(self._unfinished)
         with self._lock:
             now = time.monotonic()
-            self._created = {uid: (job, at) for uid, (job, at) in self._created.items()
-                             if uid not in seen and now - at < self.GRACE}
-            found |= {job for job, _ in self._created.values()}
-        return found
+            self._created = {uid: entry for uid, entry in self._created.items()
+                             if not self._indexed(uid, *entry[:2]) and now - entry[2] < self.GRACE}
+            owners.update(job for job, _, _ in self._created.values())
+        return Pods(owners, _Succeeded(self._finished))
+
+    def _indexed(self, uid: str, job: Key, pod: Key) -> bool:
+        return uid in list(self._unfinished.get(job, ())) or \
+            any(known == uid for _, known in list(self._finished.get(pod, ())))
 
     def created(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         if meta.get("uid") and unfinished(pod):
+            namespace = meta.get("namespace", "")
             with self._lock:
-                self._created[meta["uid"]] = ((meta.get("namespace", ""), owner_job(meta) or ""), time.monotonic())
+                self._created[meta["uid"]] = ((namespace, owner_job(meta) or ""), (namespace, meta["name"]),
+                                              time.monotonic())
         self.changed(pod)
 
     def changed(self, pod: dict[str, Any], gone: bool = False) -> bool:

@@ -162,8 +162,8 @@ class Reconciler:
         start does not stop the others."""
         while True:
             with self._admission:
-                tjs, owners = self._cluster_state()
-                chosen = queue.admissible(tjs, self.settings.max_concurrent_jobs, owners)
+                tjs, pods_now = self._cluster_state()
+                chosen = queue.admissible(tjs, self.settings.max_concurrent_jobs, pods_now)
                 self._starting.update(chosen)
             if not chosen:
                 return
@@ -183,11 +183,13 @@ class Reconciler:
             with self._admission:
                 self._starting.discard(job)
 
-    def _cluster_state(self) -> tuple[list[dict[str, Any]], set[queue.Key]]:
-        """All TrainingJobs and the jobs owning unfinished trainer pods (the queue's inputs); updates gauges."""
-        tjs, owners = self.state.jobs(), self.state.owners() | self._starting
-        metrics.observe_phases(queue.phases(tjs), len(queue.waiting(tjs)))
-        return tjs, owners
+    def _cluster_state(self) -> tuple[list[dict[str, Any]], queue.Pods]:
+        """All TrainingJobs and what the trainer pods show, jobs being started counted as owners (the queue's
+        inputs); updates gauges."""
+        tjs, found = self.state.jobs(), self.state.pods()
+        found.owners.update(self._starting)
+        metrics.observe_phases(self.state.phases(), sum(map(queue.is_waiting, tjs)))
+        return tjs, found
 
     # --- the state machine ---
 
@@ -308,25 +310,25 @@ class Reconciler:
     def _admit(self, tj: dict[str, Any], spec: TrainingJobSpec) -> bool:
         """A waiting job: start it if the queue allows, else record its place. Only the choice is made under the
         admission lock (in memory, from the indexes); the job's slot is then held in `_starting` while its
-        requests run outside it, so several jobs are admitted at once."""
-        job = namespace, name = queue.key(tj)
+        requests run outside it, so several jobs are admitted at once. A job started just before a restart lost
+        the status write owns its running pod, so it is admitted at once, and the creations below get that pod
+        (its config map); had the pod finished meanwhile, the job waits for a slot and then gets it the same way."""
+        job = namespace, _ = queue.key(tj)
         attempt = int(_status(tj).get("attempts") or 0) + 1
-        first = self.kube.get_pod(namespace, multinode.pod_names(name, attempt, spec.resources.nodes)[0])
-        if first is not None and handover.owned_by(first, tj["metadata"]["uid"]):
-            return self._start(tj, spec, attempt)  # started just before a restart lost the status write
         try:
             dataset = validation.dataset_resource(self.kube, namespace, spec)
             config = self._prepare(tj, spec, dataset)
         except validation.InvalidJob as err:
             return self._invalid(tj, str(err), err.reason)
         with self._admission:
-            tjs, owners = self._cluster_state()
+            tjs, pods_now = self._cluster_state()
             # Its own earlier pods, still running or terminating (resumed right after a suspend), hold its slot.
-            admitted = job in owners or job in queue.admissible(tjs, self.settings.max_concurrent_jobs, owners)
+            admitted = job in pods_now.owners or \
+                job in queue.admissible(tjs, self.settings.max_concurrent_jobs, pods_now)
             if admitted:
                 self._starting.add(job)
             else:
-                place, running = queue.position(tjs, job), len(queue.busy(tjs, owners))
+                place, running = queue.position(tjs, job), len(queue.busy(tjs, pods_now))
         if admitted:
             try:
                 self.kube.ensure_config_map(namespace, pods.config_map(tj, config))
@@ -422,7 +424,9 @@ class Reconciler:
         self._delete_unless_terminating(namespace, remaining)
         return True
 
-    def _failed(self, tj: dict[str, Any], spec: TrainingJobSpec, state: PodState) -> bool:
+    def _failed(self, tj: dict[str, Any], spec: TrainingJobSpec, state: PodState, requeue: bool = False) -> bool:
+        """Count a failed attempt: retry, or fail the job when its retries are spent. `requeue`: the attempt's pod
+        Succeeded, so its slot has gone to the next job (queue.holds_slot) and the retry waits for a slot."""
         status = _status(tj)
         attempt, failures = int(status.get("attempts") or 1), int(status.get("failures") or 0) + 1
         what = f"attempt {attempt} {'disrupted' if state.disrupted else 'failed'} ({state.describe()})"
@@ -435,6 +439,13 @@ class Reconciler:
             self._stop_leftovers(tj)  # after the status: a restart in between must not start another attempt
             return True
         self.emit(tj, "Warning", "Retrying", f"{what}; retry {failures} of {spec.retries}")
+        if requeue:
+            conditions = extra["conditions"]
+            for held in ("Admitted", RUNNING):
+                conditions = set_condition(conditions, held, False, "WaitingForSlot", "its retry waits for a slot")
+            self._write(tj, {**extra, "phase": "Queued", "podName": None, "message": f"{what}; waiting for a slot",
+                             "conditions": conditions})
+            return True
         return self._start(tj, spec, attempt + 1, f"{what}; ", extra)
 
     def _complete(self, tj: dict[str, Any], spec: TrainingJobSpec) -> bool:
@@ -443,8 +454,8 @@ class Reconciler:
         run = RunStore(root, _status(tj)["runId"])
         result = run.read_result()
         if result is None:
-            return self._failed(tj, spec, PodState("Failed", "TrainerError", False, 0,
-                                                   f"the trainer exited 0 but {run.dir.uri}/result.json is missing"))
+            return self._failed(tj, spec, PodState("Failed", "TrainerError", False, 0, f"the trainer exited 0 but "
+                                                   f"{run.dir.uri}/result.json is missing"), requeue=True)
         record = Registry(root).get(result.adapter_name, result.adapter_version)
         adapter = adapters.ensure_adapter(self.kube, namespace, record, name,
                                           lambda reason, message: self.emit(tj, "Warning", reason, message))

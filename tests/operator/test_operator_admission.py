@@ -63,6 +63,7 @@ class SlowKube:
         assert self.release.wait(10), "pod creation never released"
         with self._lock:
             pod = {**copy.deepcopy(body), "status": {"phase": "Pending"}}
+            pod["metadata"]["namespace"] = namespace  # as the API server sets it
             return copy.deepcopy(self.pods.setdefault(body["metadata"]["name"], pod))
 
     def ensure_config_map(self, namespace: str, body: dict[str, Any]) -> None:
@@ -150,3 +151,29 @@ def test_a_kick_starts_the_jobs_it_admits_side_by_side(storage: str) -> None:
         kick.join(10)
     assert sorted(kube.pods) == ["a-a1", "b-a1", "c-a1"]  # the first three in order; the fourth still waits
     assert kube.jobs["d"]["status"]["phase"] == "Queued"
+
+
+class Died(BaseException):
+    """The operator process dies here (not an error a reconcile step records)."""
+
+
+def test_a_start_whose_status_write_was_lost_is_picked_up_without_a_second_pod(storage: str) -> None:
+    kube = SlowKube(["a", "b"])
+    kube.release.set()
+    settings = Settings(storage=storage, max_concurrent_jobs=1)
+
+    def die(*_: Any) -> None:
+        raise Died
+
+    kube.patch_status = die  # type: ignore[method-assign]
+    with pytest.raises(Died):  # a-a1 is created, then the operator dies before recording it
+        Reconciler(kube, settings, lambda *_: None).reconcile("ml", "a")  # type: ignore[arg-type]
+    assert list(kube.pods) == ["a-a1"] and "status" not in kube.jobs["a"]
+    del kube.patch_status  # the restarted operator
+    restarted = Reconciler(kube, settings, lambda *_: None)  # type: ignore[arg-type]
+    restarted.reconcile("ml", "b")  # the slot is a's: its pod runs although no status says so
+    restarted.reconcile("ml", "a")
+    assert list(kube.pods) == ["a-a1"]
+    status = kube.jobs["a"]["status"]
+    assert (status["phase"], status.get("podName")) == ("Running", "a-a1"), status
+    assert kube.jobs["b"]["status"]["phase"] == "Queued"

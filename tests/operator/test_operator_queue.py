@@ -3,8 +3,13 @@ the operator, and the operator's work per event does not grow with the number of
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any
+
+import kubernetes
 
 from support.k8s import wait_for
 
@@ -73,3 +78,82 @@ def test_waiting_jobs_cost_no_requests_while_nothing_changes(control_plane, k8s,
     # and read storage before: hundreds of requests here)
     assert sum(on_jobs.values()) <= 2 * 10, on_jobs
     assert k8s.status("running")["step"] > 0 and all(k8s.phase(n) == "Queued" for n in waiting)
+
+
+class JobEvents:
+    """The namespace's TrainingJob watch events as (name, phase, podName), in the order the API server sent them
+    (one stream: the order in which the writes were stored)."""
+
+    def __init__(self, api: Any, namespace: str):
+        self.events: list[tuple[str, str | None, str | None]] = []
+        self._watch = kubernetes.watch.Watch()
+        custom = kubernetes.client.CustomObjectsApi(api)
+        stream = self._watch.stream(custom.list_namespaced_custom_object, "tunewright.dev", "v1alpha1", namespace,
+                                    "trainingjobs", deserialize=False)
+        threading.Thread(target=self._follow, args=(stream,), daemon=True).start()
+
+    def _follow(self, stream: Any) -> None:
+        try:
+            for event in stream:
+                tj = event["object"]
+                status = tj.get("status") or {}
+                self.events.append((tj["metadata"]["name"], status.get("phase"), status.get("podName")))
+        except Exception:  # the stream ended with the test
+            pass
+
+    def first(self, name: str, phase: str | None = None, pod: str | None = None) -> int:
+        found = [i for i, (n, ph, p) in enumerate(self.events)
+                 if n == name and (phase is None or ph == phase) and (pod is None or p == pod)]
+        assert found, f"no event of {name} with phase {phase} pod {pod}: {self.events}"
+        return found[0]
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
+def test_a_slot_frees_when_the_pod_succeeds_before_the_job_is_published(api, namespace, k8s, operator_factory,
+                                                                         kubelet_factory):
+    """A trainer pod that has Succeeded holds no GPU: the next job starts before the finished job's completion
+    (reading its result, creating its Adapter, its final status), and never beside a running trainer."""
+    kubelet = kubelet_factory(STANDIN_STEP_SECONDS="0.1")
+    jobs = JobEvents(api, namespace)
+    try:
+        # (a long poll interval: only the pod's Succeeded event drives the completion and the next start)
+        operator_factory("--max-concurrent-jobs", "1", "--poll-seconds", "60")
+        k8s.create("trainingjobs", "first", {**SPEC, "name": "first"})
+        k8s.wait_phase("first", "Running", timeout=20)
+        k8s.create("trainingjobs", "second", {**SPEC, "name": "second"})
+        k8s.wait_phase("second", "Queued", timeout=20)
+        k8s.wait_phase("first", "Succeeded", timeout=60)
+        k8s.wait_phase("second", "Succeeded", timeout=60)
+    finally:
+        jobs.stop()
+    # the second job's start is stored before the first job's Succeeded status
+    assert jobs.first("second", "Running", "second-a1") < jobs.first("first", "Succeeded"), jobs.events
+    assert kubelet.max_parallel() == 1  # the second trainer started after the first one exited
+    assert sorted(kubelet.pods) == ["first-a1", "second-a1"]
+    made = sorted(a["metadata"]["labels"]["tunewright.dev/trainingjob"] for a in k8s.list("adapters"))
+    assert made == ["first", "second"]
+    assert k8s.status("first")["adapterRef"] and k8s.status("second")["attempts"] == 1
+
+
+def test_a_retry_after_a_pod_succeeded_without_a_result_waits_for_a_slot(k8s, operator_factory, kubelet_factory,
+                                                                         tmp_path):
+    """The first attempt of `hollow` exits 0 without writing result.json: its pod Succeeded, so its slot went to
+    the next job, and its retry queues for a slot instead of running beside that job."""
+    once = ('if [ "$TUNEWRIGHT_TRAININGJOB" = hollow ] && mkdir "$HOLLOW_MARK" 2>/dev/null; then sleep 4; exit 0; '
+            'fi; exec "$@"')
+    standin = [sys.executable, str(Path(__file__).parent / "standin_trainer.py")]
+    kubelet = kubelet_factory(["sh", "-c", once, "sh", *standin], HOLLOW_MARK=str(tmp_path / "hollow-once"),
+                              STANDIN_STEP_SECONDS="0.1")
+    operator_factory("--max-concurrent-jobs", "1")
+    k8s.create("trainingjobs", "hollow", {**SPEC, "name": "hollow"})
+    k8s.wait_phase("hollow", "Running", timeout=20)
+    k8s.create("trainingjobs", "next", {**SPEC, "name": "next"})
+    k8s.wait_phase("next", "Queued", timeout=20)
+    k8s.wait_phase("next", "Succeeded", timeout=60)
+    status = k8s.wait_phase("hollow", "Succeeded", timeout=60)
+    assert (status["attempts"], status["failures"]) == (2, 1)
+    assert "result.json is missing" in next(c for c in status["conditions"] if c["type"] == "PodFailed")["message"]
+    assert kubelet.started == ["hollow-a1", "next-a1", "hollow-a2"]
+    assert kubelet.max_parallel() == 1  # the retry waited for the slot `next` took

@@ -187,10 +187,45 @@ def test_queue_orders_by_priority_then_creation_and_counts_free_slots() -> None:
               "status": {"phase": "Running"}},
              {"metadata": {"namespace": "ns", "name": "done-a1", "ownerReferences": owned("done")},
               "status": {"phase": "Succeeded"}}]
-    owners = queue.pod_owners(pods_)
-    assert owners == {("ns", "old")}
-    assert queue.admissible(tjs, 3, owners) == [("ns", "urgent")]
+    seen = queue.pod_view(pods_)
+    assert seen == queue.Pods(owners={("ns", "old")}, succeeded={("ns", "done-a1")})
+    assert queue.admissible(tjs, 3, seen) == [("ns", "urgent")]
+    # A running job whose pod has Succeeded holds no slot while its completion (result, Adapter, status) runs.
+    finished = queue.Pods(set(), {("ns", "running-a1")})
+    assert queue.busy(tjs, finished) == set() and queue.admissible(tjs, 1, finished) == [("ns", "urgent")]
     assert queue.phases(tjs) == {"Pending": 4, "Running": 1, "Succeeded": 1, "Queued": 1}
+
+
+class LookupOnly(dict):  # type: ignore[type-arg]
+    """An index that may be looked up by key, never iterated (what a queue decision may do with finished jobs and
+    pods: there are ever more of them)."""
+
+    def __iter__(self) -> Any:
+        raise AssertionError("a finished-objects index was iterated")
+
+    keys = values = items = __iter__
+
+
+def test_a_queue_decision_looks_finished_pods_up_and_counts_finished_jobs_without_listing_them() -> None:
+    state = queue.Indexed()
+    running = job("running", "2026-01-01T00:00:00Z", "Running", pod_name="running-a1")
+    waiting = job("waiting", "2026-01-01T00:00:01Z", "Queued")
+    finished = LookupOnly({("ns", f"done-{i}-a1"): [("Succeeded", f"uid-{i}")] for i in range(1000)})
+    unfinished: dict[Any, Any] = {("ns", "running"): ["uid-r"]}
+    state.attach({"trainingjob_index": {queue.key(t): [queue.summary(t)] for t in (running, waiting)},
+                  "trainingjob_phase_index": {"Running": [None], "Queued": [None], "Succeeded": [None] * 1000},
+                  "unfinished_pod_index": unfinished, "finished_pod_index": finished})
+    assert queue.admissible(state.jobs(), 1, state.pods()) == []  # running's pod runs
+    del unfinished["ns", "running"]
+    finished["ns", "running-a1"] = [("Succeeded", "uid-r")]
+    assert queue.admissible(state.jobs(), 1, state.pods()) == [("ns", "waiting")]  # it Succeeded: the slot is free
+    assert state.phases() == {"Running": 1, "Queued": 1, "Succeeded": 1000}
+    # A pod this process just created is busy until the pod indexes show it, then as they show it.
+    state.created({"metadata": {"namespace": "ns", "name": "waiting-a1", "uid": "uid-w", "ownerReferences": [
+        {"kind": "TrainingJob", "name": "waiting", "controller": True}]}, "status": {"phase": "Pending"}})
+    assert state.pods().owners == {("ns", "waiting")}
+    finished["ns", "waiting-a1"] = [("Succeeded", "uid-w")]
+    assert state.pods().owners == set()
 
 
 def test_conditions_move_transition_time_only_on_flips(monkeypatch: pytest.MonkeyPatch) -> None:
