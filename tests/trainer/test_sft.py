@@ -110,6 +110,17 @@ def test_registry_versions_and_refuses_an_existing_version(trained: tuple[Storag
         registry.register(AdapterRecord.model_validate(record.to_dict()))
 
 
+def test_a_given_version_is_read_without_listing_the_versions(trained: tuple[Storage, Outcome],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = Registry(trained[0])
+    listed = []
+    listing = registry.adapters.list_dirs
+    monkeypatch.setattr(registry.adapters, "list_dirs", lambda *a: listed.append(a) or listing(*a))
+    assert registry.get("songs-sft", 1).version == 1 and listed == []  # the operator's read at each completion
+    with pytest.raises(RegistryError, match=r"adapter 'songs-sft' has no version 7 \(versions: \[1\]\)"):
+        registry.get("songs-sft", 7)
+
+
 def test_finished_run_is_not_trained_twice(trained: tuple[Storage, Outcome]) -> None:
     root, outcome = trained
     config = quick_config("songs", **{"training.epochs": 3, "checkpointing.everySteps": 10})

@@ -12,6 +12,7 @@ No torch here: the operator imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -116,6 +117,12 @@ class Registry:
         return record
 
     def get(self, name: str, version: int | None = None) -> AdapterRecord:
+        """The record of `name`'s `version` (its latest when None). A given version is one read, not a listing
+        of every version: the operator reads one at each job's completion."""
+        if version is not None:
+            check_id(name, "adapter name")
+            with contextlib.suppress(FileNotFoundError):
+                return self._read(name, version)
         versions = self.versions(name)
         if not versions:
             raise RegistryError(f"no adapter named {name!r} in {self.adapters.uri}")
