@@ -27,7 +27,7 @@ Figures per run:
   time from the new process's start until its job gauges account for all N jobs;
 - lost (a job not Succeeded at the end) and duplicated (a second pod or Adapter for a job): must be 0.
 
-With `--profile PATH` every operator process runs tests/support/stack_sampler.py (started by a sitecustomize
+With `--profile PATH` every operator process runs bench/stack_sampler.py (started by a sitecustomize
 module on its PYTHONPATH): the functions with the most CPU, self and total, over all runs go to PATH, every
 sampled stack with its CPU microseconds to PATH.stacks (the sampler costs the operator CPU of its own).
 
@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import boto3  # noqa: E402
 import kubernetes  # noqa: E402
 
-from support import stack_sampler  # noqa: E402
+from bench import stack_sampler  # noqa: E402
 from support.control_plane import ControlPlane, free_port, missing_binaries  # noqa: E402
 from support.helm import Helm, tool  # noqa: E402
 from support.kubelet import Kubelet  # noqa: E402
@@ -384,7 +384,7 @@ class Bench:
         site = self.workdir / "profile-site"
         site.mkdir()
         self.samples.mkdir()
-        sampler = ROOT / "tests" / "support" / "stack_sampler.py"
+        sampler = ROOT / "bench" / "stack_sampler.py"
         (site / "sitecustomize.py").write_text(
             "import importlib.util, os\n"
             "if os.environ.get('TUNEWRIGHT_STACK_SAMPLES'):\n"

@@ -1,4 +1,4 @@
-"""tests/support/stack_sampler.py (bench-operator --profile): CPU goes to the stack that used it, not to threads
+"""bench/stack_sampler.py (bench-operator --profile): CPU goes to the stack that used it, not to threads
 that wait."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-SUPPORT = Path(__file__).resolve().parents[1] / "support"
+SUPPORT = Path(__file__).resolve().parents[2] / "bench"  # the sampler's directory, as a sitecustomize sees it
 sys.path.insert(0, str(SUPPORT.parent))
 
-from support import stack_sampler  # noqa: E402
+from bench import stack_sampler  # noqa: E402
 
 PROFILED = """
 import sys, threading, time
