@@ -226,7 +226,8 @@ def measure(comps: list[Comparison], reps: int, timeout: float, threads: int, bu
     repetition after the first starts once that many seconds have passed. With `limit`, no repetition of a
     comparison starts that would end past `limit` seconds, or, for a comparison that is not a headline one,
     that would leave too little time for the headline comparisons' remaining repetitions (lengths predicted
-    from each comparison's mean repetition so far); a comparison stopped so runs no more repetitions."""
+    from each comparison's mean repetition so far, the headline's from their longest); a comparison stopped so
+    runs no more repetitions."""
     base_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -264,9 +265,13 @@ def measure(comps: list[Comparison], reps: int, timeout: float, threads: int, bu
 
 
 def _left(comp: Comparison, reps: int) -> float:
-    """Predicted seconds of the repetitions `comp` has yet to run: its mean repetition so far, times them."""
+    """Predicted seconds of the (headline) repetitions `comp` has yet to run: its longest repetition so far,
+    times them (the mean came out short when later repetitions ran slower, and a headline one was lost)."""
     done = len(comp.runs[comp.roles()[0]])
-    return ((comp.reps or reps) - done) * comp.seconds / done if done else 0.0
+    if not done:
+        return 0.0
+    longest = max(sum(comp.runs[role][i].get("wall_s", 0.0) for role in comp.roles()) for i in range(done))
+    return ((comp.reps or reps) - done) * longest
 
 
 def brief(result: dict[str, Any]) -> str:

@@ -124,6 +124,27 @@ def test_quick_checkpoint_comparison_ends_each_run_at_its_last_step_with_every_f
     assert ckpt["seconds"] > 0
 
 
+def test_the_headline_repetitions_are_reserved_at_their_longest_so_far(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    walls = {"sft": iter([100.0, 100.0, 150.0, 150.0] + [150.0] * 8), "musicgen": iter([100.0] * 10)}
+
+    def child(case: str, params: dict, env: dict, timeout: float) -> dict:
+        wall = next(walls["sft" if "sft" in case else "musicgen"])
+        clock[0] += wall
+        return {"wall_s": wall}
+
+    monkeypatch.setattr(bench_run, "run_child", child)
+    monkeypatch.setattr(bench_run, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    headline, other = comparison("sft", [], []), comparison("musicgen", [], [])
+    headline.headline, other.reps = True, 3
+    bench_run.measure([headline, other], reps=4, timeout=60, threads=1, limit=1450)
+    # The headline's 1st repetition took 200 s, its 2nd 300 s. Before the other's 2nd (at 700 s) the headline's 2
+    # left are reserved at 300 s each: 700 + 200 + 600 > 1450, so the other stops and the headline runs all 4 (to
+    # 1300 s). Reserved at the mean (250 s) the other's 2nd would have run, and the headline's 4th not fitted.
+    assert [len(headline.runs["ours"]), len(other.runs["ours"])] == [4, 1]
+    assert clock[0] == 1300
+
+
 @pytest.mark.parametrize(("limit", "done", "ended"), [(1300, [5, 1], 1200), (1500, [5, 2], 1400)])
 def test_no_repetition_starts_that_would_end_past_the_limit_and_the_headline_ones_come_first(
         monkeypatch: pytest.MonkeyPatch, limit: float, done: list[int], ended: float) -> None:
