@@ -92,7 +92,8 @@ def failing_job(kube: StubKube) -> None:
     }
 
 
-INDEXES: dict[str, Any] = {"trainingjob_index": {}, "trainer_pod_index": {}}  # Kopf passes its indexes
+INDEXES: dict[str, Any] = {name: {} for name in ("trainingjob_index", "trainingjob_phase_index", "unfinished_pod_index",
+                                             "finished_pod_index")}  # Kopf passes its indexes
 
 
 def operator_recording(port: int) -> list[str]:
