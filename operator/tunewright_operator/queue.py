@@ -41,12 +41,12 @@ def key(tj: dict[str, Any]) -> Key:
     return tj["metadata"].get("namespace", ""), tj["metadata"]["name"]
 
 
-def _status(tj: dict[str, Any]) -> dict[str, Any]:
+def _status(tj: Mapping[str, Any]) -> dict[str, Any]:
     return tj.get("status") or {}
 
 
 def phase(tj: Mapping[str, Any]) -> str:
-    return (tj.get("status") or {}).get("phase") or "Pending"
+    return _status(tj).get("phase") or "Pending"
 
 
 def is_finished(tj: Mapping[str, Any]) -> bool:
