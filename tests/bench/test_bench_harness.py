@@ -82,12 +82,17 @@ def test_musicgen_ceiling_is_one_over_the_baselines_non_encoder_share_per_repeti
     assert summary["ratios"]["musicgen_of_ceiling"] == pytest.approx(1.0)  # 1.2/1.25, 1.25/1.25, 1.1/1
 
 
+def _quick_run(only: str, out: Path, timeout: float) -> str:
+    """`bench.run --quick --reps 1 --only <only>` in its own process: its last line (results go to `out`)."""
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--reps", "1", "--only", only,
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.strip().splitlines()[-1]
+
+
 def test_quick_sft_comparison_runs_both_sides_in_their_own_processes(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--reps", "1", "--only", "sft",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    last = proc.stdout.strip().splitlines()[-1]
+    last = _quick_run("sft", out, timeout=120)
     assert re.fullmatch(r"dpo_speedup=n/a dpo_speedup_vs_default=n/a dpo_time_to_acc_speedup=n/a "
                         r"sft_speedup=\d+\.\d\d musicgen_speedup=n/a musicgen_ceiling=n/a ckpt_overhead=n/a",
                         last), last
@@ -104,13 +109,9 @@ def test_quick_sft_comparison_runs_both_sides_in_their_own_processes(tmp_path: P
     assert results["device"]["cores"] and results["device"]["versions"]["trl"]
 
 
-
 def test_quick_checkpoint_comparison_ends_each_run_at_its_last_step_with_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--reps", "1", "--only", "ckpt",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    last = proc.stdout.strip().splitlines()[-1]
+    last = _quick_run("ckpt", out, timeout=240)
     assert re.fullmatch(r"dpo_speedup=n/a .* musicgen_ceiling=n/a ckpt_overhead=-?\d+\.\d\d", last), last
     ckpt = json.loads(out.read_text())["comparisons"]["ckpt"]
     (saving,), (plain,) = ckpt["runs"]["ours"], ckpt["runs"]["theirs"]
